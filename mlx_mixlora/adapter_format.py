@@ -1,0 +1,228 @@
+"""The adapter directory format shared by train, merge, route, import and export.
+
+An adapter directory holds two files:
+
+- ``adapter_config.json`` — ``AdapterConfig`` below (rank, alpha, targets, layers,
+  per-module rank/alpha overrides, and the base model's identity);
+- ``adapters.safetensors`` — for every adapted module path ``P`` (mlx-lm's
+  parameter path, e.g. ``model.layers.3.self_attn.q_proj``) two fp32 tensors:
+  ``P.lora_a`` of shape ``[r, in]`` and ``P.lora_b`` of shape ``[out, r]``.
+
+The adapted layer computes ``y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ`` with ``s = alpha/r``
+(``alpha/√r`` with rsLoRA), so ``ΔW = s·B·A`` has the base weight's ``[out, in]``
+shape. The orientation matches PEFT's ``lora_A``/``lora_B`` so export is a rename.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import MixloraError
+from .io import atomic_dir, check_safetensors_header, read_json, write_json
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapters.safetensors"
+FORMAT = "mlx-mixlora/adapter"
+FORMAT_VERSION = 1
+
+ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
+TARGET_PARENT = {**{t: "self_attn" for t in ATTENTION_TARGETS}, **{t: "mlp" for t in MLP_TARGETS}}
+
+_MODULE_RE = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.([a-z_]+)$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def module_path(layer: int, target: str) -> str:
+    """mlx-lm parameter path of `target` (e.g. "q_proj") in decoder layer `layer`."""
+    if target not in TARGET_PARENT:
+        raise MixloraError(f"unknown target module {target!r}; known: {', '.join(TARGET_PARENT)}")
+    return f"model.layers.{layer}.{TARGET_PARENT[target]}.{target}"
+
+
+def parse_module_path(path: str) -> tuple[int, str]:
+    """Inverse of `module_path`: (layer index, target short name)."""
+    m = _MODULE_RE.match(path)
+    if not m or m.group(3) not in TARGET_PARENT or TARGET_PARENT[m.group(3)] != m.group(2):
+        raise MixloraError(f"{path!r} is not an adaptable Llama module path")
+    return int(m.group(1)), m.group(3)
+
+
+def validate_name(name: str, what: str = "adapter name") -> str:
+    """Names become file and dict keys: no path separators, no `..`, short and plain."""
+    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+        raise MixloraError(
+            f"invalid {what} {name!r}: use 1-64 letters, digits, '_', '-' or '.', not starting with '.' and without '..'"
+        )
+    return name
+
+
+@dataclass
+class AdapterConfig:
+    """What an adapter is; see the module docstring for the weights' layout."""
+
+    rank: int
+    alpha: float
+    targets: list[str]
+    layers: list[int]
+    use_rslora: bool = False
+    dropout: float = 0.0
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    base_model: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    task: str | None = None
+    created_by: str = "mixlora"
+    extra: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def module_paths(self) -> list[str]:
+        return [module_path(layer, t) for layer in self.layers for t in self.targets]
+
+    def rank_of(self, path: str) -> int:
+        return int(self.rank_pattern.get(path, self.rank))
+
+    def alpha_of(self, path: str) -> float:
+        return float(self.alpha_pattern.get(path, self.alpha))
+
+    def scale_of(self, path: str) -> float:
+        """LoRA scale s for one module: alpha/r, or alpha/√r with rsLoRA."""
+        r = self.rank_of(path)
+        a = self.alpha_of(path)
+        return a / math.sqrt(r) if self.use_rslora else a / r
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "adapter config") -> AdapterConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise MixloraError(f"{source}: unknown keys {unknown}")
+        if d.get("format", FORMAT) != FORMAT:
+            raise MixloraError(f"{source}: format {d.get('format')!r} is not {FORMAT!r}")
+        if int(d.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
+            raise MixloraError(
+                f"{source}: format_version {d['format_version']} is newer than this mixlora supports"
+            )
+        for key in ("rank", "alpha", "targets", "layers"):
+            if key not in d:
+                raise MixloraError(f"{source}: missing key {key!r}")
+        try:
+            cfg = cls(**d)
+            cfg.rank = int(cfg.rank)
+            cfg.alpha = float(cfg.alpha)
+            cfg.layers = [int(x) for x in cfg.layers]
+            cfg.targets = [str(t) for t in cfg.targets]
+            cfg.rank_pattern = {str(k): int(v) for k, v in dict(cfg.rank_pattern).items()}
+            cfg.alpha_pattern = {str(k): float(v) for k, v in dict(cfg.alpha_pattern).items()}
+        except (TypeError, ValueError) as e:
+            raise MixloraError(f"{source}: malformed value: {e}") from None
+        if cfg.rank < 1:
+            raise MixloraError(f"{source}: rank must be >= 1, got {cfg.rank}")
+        if not cfg.targets or not cfg.layers:
+            raise MixloraError(f"{source}: targets and layers must be non-empty")
+        for t in cfg.targets:
+            if t not in TARGET_PARENT:
+                raise MixloraError(
+                    f"{source}: unknown target module {t!r}; known: {', '.join(TARGET_PARENT)}"
+                )
+        if any(layer < 0 for layer in cfg.layers):
+            raise MixloraError(f"{source}: negative layer index in {cfg.layers}")
+        if cfg.name is not None:
+            validate_name(cfg.name)
+        for p in list(cfg.rank_pattern) + list(cfg.alpha_pattern):
+            parse_module_path(p)
+        return cfg
+
+
+def save_adapter(
+    out_dir: str | Path, config: AdapterConfig, weights: dict[str, Any], overwrite: bool = False
+) -> Path:
+    """Write an adapter directory atomically. `weights` maps "P.lora_a"/"P.lora_b" to arrays."""
+    import mlx.core as mx
+
+    check_weights(config, {k: tuple(v.shape) for k, v in weights.items()}, source=str(out_dir))
+    arrays = {k: mx.array(v) if not isinstance(v, mx.array) else v for k, v in weights.items()}
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        mx.save_safetensors(str(tmp / WEIGHTS_FILE), arrays, metadata={"format": FORMAT})
+        write_json(tmp / CONFIG_FILE, config.to_dict())
+    return Path(out_dir)
+
+
+def load_adapter(adapter_dir: str | Path) -> tuple[AdapterConfig, dict[str, Any]]:
+    """Read and validate an adapter directory: (config, {"P.lora_a": mx.array, ...})."""
+    import mlx.core as mx
+
+    path = Path(adapter_dir)
+    if not path.is_dir():
+        raise MixloraError(f"adapter directory not found: {path}")
+    config = AdapterConfig.from_dict(
+        read_json(path / CONFIG_FILE, what="adapter config"), source=str(path / CONFIG_FILE)
+    )
+    wfile = path / WEIGHTS_FILE
+    if not wfile.is_file():
+        raise MixloraError(f"{path}: missing {WEIGHTS_FILE}")
+    header = check_safetensors_header(wfile)
+    shapes = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    check_weights(config, shapes, source=str(wfile))
+    try:
+        weights = mx.load(str(wfile))
+    except Exception as e:  # mx.load raises RuntimeError/ValueError on corrupt data
+        raise MixloraError(f"{wfile} could not be read: {e}") from None
+    return config, weights
+
+
+def check_weights(config: AdapterConfig, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """Every configured module has A [r,in] and B [out,r] with r from the config; nothing extra."""
+    expected = set()
+    for p in config.module_paths():
+        expected.update((f"{p}.lora_a", f"{p}.lora_b"))
+    missing = sorted(expected - set(shapes))
+    extra = sorted(set(shapes) - expected)
+    if missing:
+        raise MixloraError(f"{source}: missing tensors for configured modules, e.g. {missing[:3]}")
+    if extra:
+        raise MixloraError(
+            f"{source}: tensors for modules the config does not list, e.g. {extra[:3]}"
+        )
+    for p in config.module_paths():
+        a, b = shapes[f"{p}.lora_a"], shapes[f"{p}.lora_b"]
+        r = config.rank_of(p)
+        if len(a) != 2 or len(b) != 2 or a[0] != r or b[1] != r:
+            raise MixloraError(
+                f"{source}: {p} has lora_a {list(a)} and lora_b {list(b)}, but the config says rank {r}"
+            )
+
+
+def check_against_base(
+    config: AdapterConfig, weights: dict[str, Any], base: dict[str, Any], source: str
+) -> None:
+    """Refuse an adapter made for another base (identity from `model.base_identity`)."""
+    mine = config.base_model
+    for key in ("hidden_size", "num_hidden_layers", "vocab_size", "num_key_value_heads"):
+        if mine.get(key) is not None and base.get(key) is not None and mine[key] != base[key]:
+            raise MixloraError(
+                f"{source}: adapter was made for a base with {key}={mine[key]}, this base has {base[key]}"
+            )
+    n_layers = base.get("num_hidden_layers")
+    if n_layers is not None and max(config.layers) >= n_layers:
+        raise MixloraError(
+            f"{source}: adapter uses layer {max(config.layers)} but the base has {n_layers} layers"
+        )
+    if (
+        mine.get("fingerprint")
+        and base.get("fingerprint")
+        and mine["fingerprint"] != base["fingerprint"]
+    ):
+        raise MixloraError(
+            f"{source}: adapter was trained on a different base model "
+            f"(fingerprint {mine['fingerprint']} vs {base['fingerprint']})"
+        )

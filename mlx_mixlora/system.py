@@ -1,0 +1,76 @@
+"""Describe the machine MLX runs on: versions, device, BLAS and GEMM speed.
+
+Used by `mixlora doctor` and recorded in every benchmark result file.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+
+from ._blas import INSTALL_HINT, blas_status
+
+
+def blas_in_use() -> str:
+    """Name the BLAS behind MLX's CPU matmuls."""
+    if sys.platform == "darwin":
+        return "Accelerate (macOS)"
+    status = blas_status()
+    if status["loaded"]:
+        return f"OpenBLAS ({status['path']})"
+    return f"reference BLAS from the mlx wheel ({status['reason']}; fix: {INSTALL_HINT})"
+
+
+def gemm_gflops(n: int = 1024, repeats: int = 10) -> float:
+    """Measured fp32 n×n×n GEMM throughput on MLX's default device, warm-up excluded."""
+    import mlx.core as mx
+
+    a = mx.random.normal((n, n), key=mx.random.key(0))
+    b = mx.random.normal((n, n), key=mx.random.key(1))
+    mx.eval(a, b)
+    for _ in range(2):
+        mx.eval(a @ b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        mx.eval(a @ b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def device_name() -> str:
+    import mlx.core as mx
+
+    dev = mx.default_device()
+    if mx.metal.is_available():
+        return f"{dev} (Metal: {mx.metal.device_info().get('device_name', 'Apple GPU')})"
+    if hasattr(mx, "cuda") and mx.cuda.is_available():
+        return f"{dev} (CUDA)"
+    return f"{dev} (CPU backend)"
+
+
+def system_report(gemm_size: int = 1024) -> dict:
+    """Everything a benchmark or bug report needs to say where it ran."""
+    import mlx.core as mx
+
+    import mlx_mixlora
+
+    try:
+        import mlx_lm
+
+        mlx_lm_version = mlx_lm.__version__
+    except ImportError:  # pragma: no cover - mlx-lm is a core dependency
+        mlx_lm_version = "missing"
+    return {
+        "mlx_mixlora": mlx_mixlora.__version__,
+        "mlx": mx.__version__,
+        "mlx_lm": mlx_lm_version,
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "device": device_name(),
+        "blas": blas_in_use(),
+        "gemm_fp32_gflops": round(gemm_gflops(gemm_size), 1),
+    }
