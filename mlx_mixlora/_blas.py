@@ -9,7 +9,6 @@ This module must not import mlx.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 import warnings
@@ -24,7 +23,8 @@ def preload_openblas() -> bool:
     """Load OpenBLAS globally if we are on Linux and mlx.core is not yet imported.
 
     Returns True when OpenBLAS is (now) loaded into the process. Set
-    MIXLORA_NO_OPENBLAS=1 to skip (for measuring the reference BLAS).
+    MIXLORA_NO_OPENBLAS=1 to skip (for measuring the reference BLAS);
+    MIXLORA_OPENBLAS_LIB names another library file or path.
     """
     if _state["loaded"]:
         return True
@@ -37,12 +37,13 @@ def preload_openblas() -> bool:
     if "mlx.core" in sys.modules:
         _state["reason"] = "mlx.core was imported before mlx_mixlora"
         return False
+    soname = os.environ.get("MIXLORA_OPENBLAS_LIB", OPENBLAS_SONAME)
     try:
-        handle = ctypes.CDLL(OPENBLAS_SONAME, mode=ctypes.RTLD_GLOBAL)
+        handle = ctypes.CDLL(soname, mode=ctypes.RTLD_GLOBAL)
     except OSError:
-        _state["reason"] = f"{OPENBLAS_SONAME} not found"
+        _state["reason"] = f"{soname} not found"
         warnings.warn(
-            f"mlx_mixlora: {OPENBLAS_SONAME} not found; MLX CPU matmuls use the slow "
+            f"mlx_mixlora: {soname} not found; MLX CPU matmuls use the slow "
             f"reference BLAS. Install it with: {INSTALL_HINT}",
             RuntimeWarning,
             stacklevel=3,

@@ -1,0 +1,41 @@
+"""`mixlora convert`: Hugging Face Llama → MLX model directory."""
+
+from __future__ import annotations
+
+import click
+
+from ..convert.hf_to_mlx import DTYPES
+
+
+@click.command()
+@click.argument("src")
+@click.option(
+    "-o", "--out", "dst", required=True, type=click.Path(), help="Output MLX model directory."
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(("auto",) + DTYPES),
+    default="auto",
+    show_default=True,
+    help="auto = float16 on Metal, float32 on CPU (half-precision matmul is slow on CPU).",
+)
+@click.option("--quantize", is_flag=True, help="Quantize linear layers (QLoRA base).")
+@click.option("--q-bits", default=4, show_default=True, type=int)
+@click.option("--q-group-size", default=64, show_default=True, type=int)
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+def convert(src, dst, dtype, quantize, q_bits, q_group_size, revision, overwrite) -> None:
+    """Convert SRC (a local HF Llama dir or a hub id such as TinyLlama/TinyLlama-1.1B-Chat-v1.0)."""
+    from ..convert import ConvertOptions, convert_hf_to_mlx
+    from ..convert.hf_to_mlx import describe
+
+    opts = ConvertOptions(
+        dtype=dtype,
+        quantize=quantize,
+        q_bits=q_bits,
+        q_group_size=q_group_size,
+        revision=revision,
+        overwrite=overwrite,
+    )
+    out = convert_hf_to_mlx(src, dst, opts)
+    click.echo(describe(out))

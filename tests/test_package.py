@@ -1,0 +1,83 @@
+"""Packaging and environment: BLAS preload, doctor, CLI wiring, pyproject completeness."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+from click.testing import CliRunner
+
+from mlx_mixlora.cli import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OpenBLAS preload is Linux-only")
+def test_openblas_is_preloaded_before_mlx():
+    out = _python(
+        "import mlx_mixlora, mlx.core; from mlx_mixlora._blas import blas_status; print(blas_status()['loaded'])"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
+    assert "not found" not in out.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OpenBLAS preload is Linux-only")
+def test_missing_openblas_warns_once_with_install_hint():
+    out = _python("import mlx_mixlora", MIXLORA_OPENBLAS_LIB="libnot-a-blas.so.0")
+    assert out.returncode == 0
+    lines = [line for line in out.stderr.splitlines() if "libnot-a-blas" in line]
+    assert len(lines) == 1 and "apt-get install libopenblas0-pthread" in lines[0]
+
+
+def test_doctor_reports_blas_and_gemm():
+    result = CliRunner().invoke(main, ["doctor", "--json", "--size", "256"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["gemm_fp32_gflops"] > 0
+    assert report["mlx"] and report["device"]
+    if sys.platform.startswith("linux"):
+        assert report["blas"].startswith("OpenBLAS")
+
+
+def test_every_command_module_imports():
+    for name in COMMANDS:
+        assert main.get_command(None, name) is not None, name
+
+
+def test_pyproject_lists_every_package():
+    """Non-editable installs only ship the packages listed in pyproject."""
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        "mlx_mixlora." + ".".join(p.parent.relative_to(ROOT / "mlx_mixlora").parts)
+        for p in (ROOT / "mlx_mixlora").rglob("__init__.py")
+    }
+    found = {f.rstrip(".") for f in found} | {"mlx_mixlora.convert"}
+    assert found <= listed, f"add to pyproject packages: {sorted(found - listed)}"
+
+
+def test_core_package_does_not_import_torch():
+    code = (
+        "import sys, mlx_mixlora, mlx_mixlora.model, mlx_mixlora.adapter_format, mlx_mixlora.convert;"
+        "print([m for m in ('torch', 'peft') if m in sys.modules])"
+    )
+    out = _python(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
