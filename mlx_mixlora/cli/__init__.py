@@ -18,6 +18,8 @@ from ..errors import MixloraError
 COMMANDS: dict[str, str] = {
     "doctor": "doctor:doctor",
     "convert": "convert_cmd:convert",
+    "export": "export_cmd:export",
+    "import": "import_cmd:import_",
 }
 
 

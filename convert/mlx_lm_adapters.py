@@ -1,0 +1,82 @@
+"""Import mlx-lm LoRA adapter directories into our adapter format.
+
+mlx-lm stores `lora_a` as [in, r] and `lora_b` as [r, out] and multiplies by a
+plain `scale`; ours (PEFT's orientation) is A [r, in], B [out, r] with
+s = alpha/r, so import transposes and sets alpha = scale·r.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..adapter_format import TARGET_PARENT, module_path, save_adapter
+from ..errors import MixloraError
+from ..io import check_safetensors_header, read_json
+from .peft import assemble_adapter, check_shapes_against_base
+
+_KEY = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.([a-z_]+)\.lora_([ab])$")
+
+
+def is_mlx_lm_adapter(path: str | Path) -> bool:
+    """mlx-lm adapter configs carry `lora_parameters`; ours and PEFT's do not."""
+    cfg = Path(path) / "adapter_config.json"
+    return cfg.is_file() and "lora_parameters" in read_json(cfg, what="adapter config")
+
+
+def import_mlx_lm(
+    adapter_dir: str | Path,
+    out: str | Path,
+    model_dir: str | Path | None = None,
+    name: str | None = None,
+    overwrite=False,
+) -> Path:
+    """Convert an mlx-lm `lora` adapter dir (adapters.safetensors + adapter_config.json)."""
+    import mlx.core as mx
+
+    adapter_dir = Path(adapter_dir)
+    raw = read_json(adapter_dir / "adapter_config.json", what="mlx-lm adapter config")
+    kind = raw.get("fine_tune_type", "lora")
+    if kind != "lora":
+        raise MixloraError(
+            f"{adapter_dir}: mlx-lm fine_tune_type {kind!r} is not supported (only 'lora')"
+        )
+    params = raw.get("lora_parameters")
+    if not isinstance(params, dict) or not isinstance(params.get("scale"), int | float):
+        raise MixloraError(f"{adapter_dir}: lora_parameters.scale is missing")
+    wfile = adapter_dir / "adapters.safetensors"
+    if not wfile.is_file():
+        raise MixloraError(f"{adapter_dir}: missing adapters.safetensors")
+    header = check_safetensors_header(wfile)
+    found: dict[str, dict[str, str]] = {}
+    for key in header:
+        if key == "__metadata__":
+            continue
+        m = _KEY.match(key)
+        if not m or TARGET_PARENT.get(m.group(3)) != m.group(2):
+            raise MixloraError(f"{wfile}: tensor {key!r} matches no adaptable Llama module")
+        found.setdefault(module_path(int(m.group(1)), m.group(3)), {})[m.group(4)] = key
+    if not found:
+        raise MixloraError(f"{wfile}: no LoRA tensors found")
+    tensors = mx.load(str(wfile))
+    try:
+        pairs = {p: (tensors[ab["a"]].T, tensors[ab["b"]].T) for p, ab in found.items()}
+    except KeyError:
+        raise MixloraError(f"{wfile}: a module has only one of lora_a / lora_b") from None
+    rank = int(next(iter(pairs.values()))[0].shape[0])
+    alpha = float(params["scale"]) * rank
+    cfg, weights = assemble_adapter(
+        pairs,
+        rank=rank,
+        alpha=alpha,
+        use_rslora=False,
+        rank_of=lambda p: rank,
+        alpha_of=lambda p: alpha,
+        source=str(wfile),
+    )
+    cfg.dropout = float(params.get("dropout", 0.0) or 0.0)
+    cfg.name = name
+    cfg.created_by = "mixlora import mlx-lm"
+    if model_dir is not None:
+        check_shapes_against_base(cfg, weights, model_dir)
+    return save_adapter(out, cfg, weights, overwrite=overwrite)

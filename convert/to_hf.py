@@ -1,0 +1,90 @@
+"""Export an MLX model dir, optionally with an adapter fused in, as a Transformers checkpoint.
+
+For users who want no PEFT at all: the result loads with
+`AutoModelForCausalLM.from_pretrained`. The adapter's ΔW = s·B·A is added to
+each adapted weight in float32 and cast back; quantized bases are dequantized.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..adapter_format import check_against_base, load_adapter
+from ..errors import MixloraError
+from ..io import atomic_dir, read_json, write_json
+from .hf_to_mlx import TOKENIZER_FILES
+
+
+def _dequantize(weights: dict, config: dict) -> dict:
+    import mlx.core as mx
+
+    q = config.get("quantization")
+    if not q:
+        return weights
+    out = {}
+    for key, value in weights.items():
+        if key.endswith((".scales", ".biases")):
+            continue
+        prefix = key[: -len(".weight")] if key.endswith(".weight") else None
+        if prefix and f"{prefix}.scales" in weights:
+            value = mx.dequantize(
+                value,
+                weights[f"{prefix}.scales"],
+                weights.get(f"{prefix}.biases"),
+                q["group_size"],
+                q["bits"],
+            )
+        out[key] = value
+    return out
+
+
+def export_hf(
+    model_dir: str | Path,
+    out: str | Path,
+    adapter_dir: str | Path | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write config.json + model.safetensors + tokenizer files for transformers."""
+    import mlx.core as mx
+
+    from ..model import _require_model_dir, base_identity
+
+    model_dir, config = _require_model_dir(model_dir)
+    weights = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        weights.update(mx.load(str(f)))
+    weights = _dequantize(weights, config)
+    dtype = next(v.dtype for k, v in weights.items() if k.endswith("embed_tokens.weight"))
+    if adapter_dir is not None:
+        cfg, lora = load_adapter(adapter_dir)
+        check_against_base(cfg, lora, base_identity(model_dir), str(adapter_dir))
+        for p in cfg.module_paths():
+            key = f"{p}.weight"
+            if key not in weights:
+                raise MixloraError(f"{model_dir}: base model has no weight {key}")
+            delta = cfg.scale_of(p) * (lora[f"{p}.lora_b"] @ lora[f"{p}.lora_a"])
+            if delta.shape != weights[key].shape:
+                raise MixloraError(
+                    f"{p}: adapter ΔW {list(delta.shape)} does not fit the base weight {list(weights[key].shape)}"
+                )
+            weights[key] = (weights[key].astype(mx.float32) + delta).astype(weights[key].dtype)
+    if config.get("tie_word_embeddings", False):
+        weights.pop("lm_head.weight", None)
+    hf_config = {
+        k: v for k, v in config.items() if k not in ("quantization", "quantization_config")
+    }
+    hf_config["torch_dtype"] = str(dtype).split(".")[-1]
+    hf_config.setdefault("architectures", ["LlamaForCausalLM"])
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "pt"})
+        write_json(tmp / "config.json", hf_config)
+        for name in TOKENIZER_FILES:
+            if (model_dir / name).is_file():
+                shutil.copy2(model_dir / name, tmp / name)
+    return Path(out)
+
+
+def is_model_dir(path: str | Path) -> bool:
+    cfg = Path(path) / "config.json"
+    return cfg.is_file() and "model_type" in read_json(cfg)
