@@ -43,8 +43,8 @@ def measure(case: dict, work: Path) -> dict:
     import mlx_lm.utils
     import numpy as np
     from conftest import hf_logits, make_hf_llama
-
     from mlx_mixlora.convert import ConvertOptions, convert_hf_to_mlx
+
     from mlx_mixlora.model import load_model
 
     kwargs = {k: v for k, v in case.items() if k != "name"}
