@@ -1,0 +1,124 @@
+"""`mixlora merge`: combine adapters into one adapter, or into the base model's weights."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..merge.methods import METHODS
+
+
+@click.command()
+@click.argument("adapters", nargs=-1, required=True, type=click.Path())
+@click.option("--method", "-m", required=True, type=click.Choice(METHODS), help="Merge method.")
+@click.option("--weights", help="Comma-separated weight per adapter (default 1 each).")
+@click.option("--lam", type=float, default=1.0, show_default=True, help="task_arithmetic's λ.")
+@click.option("--density", type=float, help="TIES/prune: fraction of entries kept per weight.")
+@click.option("--drop", type=float, help="DARE: drop probability p (PEFT's density is 1-p).")
+@click.option(
+    "--layer-ranges", help="NAME:FIRST-LAST,... per adapter (name, task or position), or 'even'."
+)
+@click.option("--layer-weights", help="Per-layer weight vectors: FIRST-LAST=w1,w2,...;...")
+@click.option("--rank", type=int, help="Compress the result to this rank (SVD).")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="DARE and randomized-SVD seed."
+)
+@click.option(
+    "--majority-sign",
+    type=click.Choice(["total", "frequency"]),
+    default="total",
+    show_default=True,
+    help="TIES sign election.",
+)
+@click.option("--oversample", type=int, default=10, show_default=True)
+@click.option("--power-iters", type=int, default=2, show_default=True)
+@click.option("--name", help="Name recorded in the merged adapter's config.")
+@click.option("-o", "--out", "out", required=True, type=click.Path(), help="Output directory.")
+@click.option(
+    "--into-base",
+    "into_base",
+    type=click.Path(),
+    help="Fuse into this MLX model dir and write a full model to OUT instead of an adapter.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def merge(
+    adapters,
+    method,
+    weights,
+    lam,
+    density,
+    drop,
+    layer_ranges,
+    layer_weights,
+    rank,
+    seed,
+    majority_sign,
+    oversample,
+    power_iters,
+    name,
+    out,
+    into_base,
+    overwrite,
+    as_json,
+) -> None:
+    """Merge ADAPTER directories with --method into OUT (an adapter, or a model with --into-base)."""
+    from pathlib import Path
+
+    from ..adapter_format import load_adapter
+    from ..errors import MixloraError
+    from ..merge import merge_adapters, merge_into_base
+    from ..merge.methods import DENSE
+
+    if Path(out).exists() and not overwrite:
+        raise MixloraError(
+            f"output path {out} already exists (choose another path or pass --overwrite)"
+        )
+    loaded = [load_adapter(a) for a in adapters]
+    dense_into_base = into_base is not None and method in DENSE and rank is None
+    res = merge_adapters(
+        loaded,
+        method,
+        weights=weights,
+        lam=lam,
+        density=density,
+        drop=drop,
+        rank=rank,
+        seed=seed,
+        layer_ranges=layer_ranges,
+        layer_weights=layer_weights,
+        majority_sign=majority_sign,
+        output="deltas" if dense_into_base else "adapter",
+        oversample=oversample,
+        power_iters=power_iters,
+        name=name,
+    )
+    if into_base is not None:
+        card = {"adapters": [str(a) for a in adapters], "merge": res.info}
+        merge_into_base(
+            into_base,
+            res.updates(),
+            out,
+            base_identity=loaded[0][0].base_model,
+            card=card,
+            overwrite=overwrite,
+        )
+    else:
+        res.save(out, overwrite=overwrite)
+    summary = {
+        "method": res.method,
+        "output": str(out),
+        "into_base": into_base,
+        "modules": len(res.module_paths()),
+        "rank": None if res.config is None else res.config.rank,
+        "rel_error": res.rel_error,
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        rank_txt = "" if summary["rank"] is None else f", rank {summary['rank']}"
+        click.echo(
+            f"merged {len(adapters)} adapters with {res.method} over {summary['modules']} modules"
+            f"{rank_txt}, relative error {res.rel_error:.3g} -> {out}"
+        )

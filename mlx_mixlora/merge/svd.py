@@ -1,0 +1,66 @@
+"""Rank reduction of merged deltas, with the relative Frobenius error it costs.
+
+- `factored_svd(B, A, r)`: ΔW = B·A is already low rank (a rank-Σr product-space
+  merge). QR of both factors and an SVD of the small R_B·R_Aᵀ give the *exact*
+  truncated SVD without ever forming ΔW: optimal rank-r, error from the tail
+  singular values.
+- `randomized_svd(D, r)`: dense deltas (TIES/DARE/prune). Halko, Martinsson &
+  Tropp (2011): Gaussian sketch with oversampling, power iterations with QR
+  re-orthonormalisation, seeded. Only (r+p)-sized SVDs are computed.
+
+Both return (B' [out, r], A' [r, in], rel_err, ‖ΔW‖²_F) with ΔW ≈ B'·A' (scale 1).
+QR/SVD run on the CPU stream (MLX implements them there only).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+_CPU = mx.cpu
+
+
+def _small_svd(m: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+    return mx.linalg.svd(m, stream=_CPU)
+
+
+def factored_svd(b: mx.array, a: mx.array, rank: int) -> tuple[mx.array, mx.array, float, float]:
+    """Best rank-`rank` approximation of B·A (B [out,R], A [R,in]) and its relative error."""
+    qb, rb = mx.linalg.qr(b, stream=_CPU)  # [out,R], [R,R]
+    qa, ra = mx.linalg.qr(a.T, stream=_CPU)  # [in,R], [R,R]
+    u, s, vt = _small_svd(rb @ ra.T)
+    r = min(rank, s.shape[0])
+    new_b = (qb @ u[:, :r]) * s[:r]
+    new_a = vt[:r] @ qa.T
+    total = mx.sum(s * s)
+    tail = mx.sum(s[r:] * s[r:]) if r < s.shape[0] else mx.array(0.0)
+    mx.eval(new_b, new_a, total, tail)
+    err = float(mx.sqrt(tail / total).item()) if total.item() > 0 else 0.0
+    return new_b, new_a, err, float(total.item())
+
+
+def randomized_svd(
+    d: mx.array, rank: int, oversample: int = 10, power_iters: int = 2, key: mx.array | None = None
+) -> tuple[mx.array, mx.array, float, float]:
+    """Rank-`rank` factors of dense `d` [out, in] by randomized SVD; error measured exactly."""
+    out_dim, in_dim = d.shape
+    width = min(rank + oversample, out_dim, in_dim)
+    if key is None:
+        key = mx.random.key(0)
+    omega = mx.random.normal((in_dim, width), key=key, dtype=d.dtype)
+    q, _ = mx.linalg.qr(d @ omega, stream=_CPU)
+    for _ in range(power_iters):
+        z, _ = mx.linalg.qr(d.T @ q, stream=_CPU)
+        q, _ = mx.linalg.qr(d @ z, stream=_CPU)
+    small = q.T @ d  # [width, in]
+    # SVD of the wide `small` through a QR of its transpose: only width×width SVDs.
+    qs, rs = mx.linalg.qr(small.T, stream=_CPU)  # [in,w], [w,w]
+    u2, s, v2t = _small_svd(rs.T)  # small = u2·diag(s)·(qs·v2tᵀ)ᵀ
+    r = min(rank, s.shape[0])
+    new_b = (q @ u2[:, :r]) * s[:r]
+    new_a = v2t[:r] @ qs.T
+    resid = mx.addmm(d, new_b, new_a, alpha=-1.0, beta=1.0)
+    num = mx.sum(resid * resid)
+    den = mx.sum(d * d)
+    mx.eval(new_b, new_a, num, den)
+    err = float(mx.sqrt(num / den).item()) if den.item() > 0 else 0.0
+    return new_b, new_a, err, float(den.item())

@@ -1,0 +1,309 @@
+"""Every merge method against a plain NumPy reference of its math (fp32, tolerance 1e-5)."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from helpers_merge import (
+    assert_close,
+    make_adapter,
+    np_delta,
+    np_mask,
+    np_ties,
+    np_topk_mask,
+    np_weighted,
+)
+
+from mlx_mixlora.adapter_format import module_path
+from mlx_mixlora.errors import MixloraError
+from mlx_mixlora.merge import merge_adapters
+from mlx_mixlora.merge.kernels import combine, topk_mask
+
+Q0 = module_path(0, "q_proj")
+
+
+@pytest.fixture
+def three():
+    """Three adapters: different ranks, target sets, an rsLoRA one and a rank_pattern."""
+    return [
+        make_adapter(1, rank=4, targets=("q_proj", "v_proj"), name="cls"),
+        make_adapter(
+            2, rank=8, targets=("q_proj", "k_proj"), name="qa", rank_pattern={Q0: 2}, alpha=4.0
+        ),
+        make_adapter(3, rank=2, targets=("q_proj", "v_proj", "o_proj"), name="sum", rslora=True),
+    ]
+
+
+def _ds(adapters, path):
+    """Per-adapter reference deltas of `path` and the indices of adapters that have it."""
+    present = [i for i, (c, _) in enumerate(adapters) if path in c.module_paths()]
+    return [np_delta(adapters[i], path) for i in present], present
+
+
+def _all_paths(adapters):
+    return sorted({p for c, _ in adapters for p in c.module_paths()})
+
+
+def test_linear_is_exact_concatenation(three):
+    ws = [0.5, -0.3, 1.2]
+    res = merge_adapters(three, "linear", weights=ws)
+    for p in _all_paths(three):
+        ds, present = _ds(three, p)
+        ref = sum(ws[i] * d for i, d in zip(present, ds, strict=True))
+        assert_close(res.delta(p), ref)
+        # exact at rank Σr of the adapters present there
+        assert res.weights[f"{p}.lora_a"].shape[0] == sum(three[i][0].rank_of(p) for i in present)
+    assert res.rel_error == 0.0
+    # a module in targets × layers that no adapter has (k_proj is only in "qa", o_proj only in "sum")
+    assert set(res.config.module_paths()) == {k.rsplit(".", 1)[0] for k in res.weights}
+
+
+def test_task_arithmetic_scales_by_lambda(three):
+    a = merge_adapters(three, "task_arithmetic", lam=0.7)
+    b = merge_adapters(three, "linear", weights=[0.7, 0.7, 0.7])
+    for p in _all_paths(three):
+        assert_close(a.delta(p), np.array(b.delta(p)))
+    ds, _ = _ds(three, Q0)
+    assert_close(a.delta(Q0), 0.7 * sum(ds))
+
+
+def test_layer_wise_ranges_by_name_and_even_split(three):
+    res = merge_adapters(three, "layer_wise", layer_ranges="qa:0-0,sum:1", weights=[1, 2, 3])
+    assert_close(res.delta(Q0), 2 * np_delta(three[1], Q0))
+    q1 = module_path(1, "q_proj")
+    assert_close(res.delta(q1), 3 * np_delta(three[2], q1))
+    # v_proj of layer 0 belongs to "qa", which has no v_proj: ΔW is exactly zero there
+    assert float(mx.abs(res.delta(module_path(0, "v_proj"))).max()) == 0.0
+    even = merge_adapters(three[:2], "layer_wise", layer_ranges="even")
+    assert_close(even.delta(Q0), np_delta(three[0], Q0))
+    assert_close(even.delta(q1), np_delta(three[1], q1))
+
+
+def test_per_layer_weight_vectors(three):
+    res = merge_adapters(three, "linear", layer_weights="0=1,0,0.5;1=0,2,0")
+    ds, _ = _ds(three, Q0)
+    assert_close(res.delta(Q0), ds[0] + 0.5 * ds[2])
+    q1 = module_path(1, "q_proj")
+    assert_close(res.delta(q1), 2 * np_delta(three[1], q1))
+
+
+@pytest.mark.parametrize("rank", [1, 3, 6])
+def test_svd_is_optimal_truncation(three, rank):
+    ws = [1.0, 0.5, -1.0]
+    res = merge_adapters(three, "svd", weights=ws, rank=rank)
+    num = den = 0.0
+    for p in _all_paths(three):
+        ds, present = _ds(three, p)
+        ref = sum(ws[i] * d for i, d in zip(present, ds, strict=True))
+        u, s, vt = np.linalg.svd(ref)
+        best = (u[:, :rank] * s[:rank]) @ vt[:rank]
+        assert_close(res.delta(p), best)
+        if p in res.errors:
+            want = np.sqrt((s[rank:] ** 2).sum() / (s**2).sum())
+            assert abs(res.errors[p] - want) < 1e-4
+            num, den = num + (s[rank:] ** 2).sum(), den + (s**2).sum()
+    assert abs(res.rel_error - np.sqrt(num / den)) < 1e-4
+    assert res.config.rank <= rank
+
+
+@pytest.mark.parametrize("elect", ["total", "frequency"])
+@pytest.mark.parametrize("density", [0.2, 0.7, 1.0])
+def test_ties_dense_matches_reference(three, elect, density):
+    ws = [0.6, 1.3, -0.4]
+    res = merge_adapters(
+        three, "ties", weights=ws, density=density, majority_sign=elect, output="deltas"
+    )
+    for p in _all_paths(three):
+        ds, present = _ds(three, p)
+        ref = np_ties(ds, [ws[i] for i in present], density, elect)
+        assert_close(res.deltas[p], ref)
+
+
+def test_magnitude_prune_matches_reference(three):
+    ws = [1.0, 0.5, 2.0]
+    res = merge_adapters(three, "magnitude_prune", weights=ws, density=0.3, output="deltas")
+    for p in _all_paths(three):
+        ds, present = _ds(three, p)
+        assert_close(res.deltas[p], np_weighted(ds, [ws[i] for i in present], 0.3))
+
+
+def _mask_fn(key, i, shape):
+    return mx.array(np_mask(key, i, shape))
+
+
+@pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
+def test_dare_with_given_masks_matches_reference(three, method):
+    ws = [0.9, 0.4, 1.1]
+    res = merge_adapters(three, method, weights=ws, drop=0.4, mask_fn=_mask_fn, output="deltas")
+    for p in _all_paths(three):
+        ds, present = _ds(three, p)
+        keep = [np_mask(p, i, ds[0].shape) for i in present]
+        wsp = [ws[i] for i in present]
+        ref = (
+            np_ties(ds, wsp, keep=keep, scale=1 / 0.6)
+            if method == "dare_ties"
+            else np_weighted(ds, wsp, keep=keep, scale=1 / 0.6)
+        )
+        assert_close(res.deltas[p], ref)
+
+
+def test_dare_ties_with_density_trims_after_drop(three):
+    res = merge_adapters(
+        three, "dare_ties", drop=0.4, density=0.3, mask_fn=_mask_fn, output="deltas"
+    )
+    ds, present = _ds(three, Q0)
+    keep = [np_mask(Q0, i, ds[0].shape) for i in present]
+    assert_close(res.deltas[Q0], np_ties(ds, [1, 1, 1], 0.3, keep=keep, scale=1 / 0.6))
+
+
+def test_dare_seeded_masks_are_reproducible_and_drop_p(three):
+    a = merge_adapters(three[:1], "dare_linear", drop=0.3, seed=5, output="deltas")
+    b = merge_adapters(three[:1], "dare_linear", drop=0.3, seed=5, output="deltas")
+    c = merge_adapters(three[:1], "dare_linear", drop=0.3, seed=6, output="deltas")
+    assert np.array_equal(np.array(a.deltas[Q0]), np.array(b.deltas[Q0]))
+    assert not np.array_equal(np.array(a.deltas[Q0]), np.array(c.deltas[Q0]))
+    d = np_delta(three[0], Q0)
+    kept = np.array(a.deltas[Q0]) != 0
+    assert abs(kept.mean() - 0.7) < 0.03  # 4096 entries: 3 σ ≈ 0.021
+    assert_close(np.array(a.deltas[Q0])[kept], d[kept] / 0.7)
+
+
+@pytest.mark.parametrize(
+    "method,kw",
+    [
+        ("ties", {"density": 0.5}),
+        ("dare_linear", {"drop": 0.3}),
+        ("magnitude_prune", {"density": 0.4}),
+    ],
+)
+def test_dense_methods_compress_by_randomized_svd(three, method, kw):
+    dense = merge_adapters(three, method, output="deltas", **kw)
+    low = merge_adapters(three, method, rank=6, power_iters=3, **kw)
+    for p in _all_paths(three):
+        d = np.array(dense.deltas[p], dtype=np.float64)
+        got = np.array(low.delta(p), dtype=np.float64)
+        err = np.linalg.norm(d - got) / np.linalg.norm(d)
+        s = np.linalg.svd(d, compute_uv=False)
+        best = np.sqrt((s[6:] ** 2).sum() / (s**2).sum())
+        assert abs(low.errors[p] - err) < 1e-4  # the reported error is the real one
+        assert err <= best * 1.05 + 1e-6  # near-optimal
+    assert low.config.rank == 6
+
+
+def test_dense_default_rank_is_sum_of_ranks(three):
+    res = merge_adapters(three, "ties", density=0.5)
+    assert res.config.rank == 4 + 8 + 2
+
+
+def _factor_ref(adapters, p, ws, fn):
+    """PEFT's factor space: A's combined with √|w·s|·sign, B's with √|w·s|."""
+    present = [i for i, (c, _) in enumerate(adapters) if p in c.module_paths()]
+    sc = [ws[i] * adapters[i][0].scale_of(p) for i in present]
+    wa = [np.sqrt(abs(x)) * np.sign(x) for x in sc]
+    wb = [np.sqrt(abs(x)) for x in sc]
+    a = fn([np.array(adapters[i][1][f"{p}.lora_a"], np.float64) for i in present], wa, ".lora_a")
+    b = fn([np.array(adapters[i][1][f"{p}.lora_b"], np.float64) for i in present], wb, ".lora_b")
+    return b @ a
+
+
+@pytest.mark.parametrize("method", ["factor_linear", "factor_ties", "factor_magnitude_prune"])
+def test_factor_space_matches_reference(method):
+    ads = [make_adapter(s, rank=4, targets=("q_proj", "v_proj")) for s in (11, 12, 13)]
+    ads[2][0].alpha = 2.0
+    ws = [0.5, 1.5, -0.7]
+    kw = {} if method == "factor_linear" else {"density": 0.5}
+    res = merge_adapters(ads, method, weights=ws, **kw)
+    fn = {
+        "factor_linear": lambda ts, w, _k: np_weighted(ts, w),
+        "factor_ties": lambda ts, w, _k: np_ties(ts, w, 0.5),
+        "factor_magnitude_prune": lambda ts, w, _k: np_weighted(ts, w, 0.5),
+    }[method]
+    for p in _all_paths(ads):
+        assert_close(res.delta(p), _factor_ref(ads, p, ws, fn))
+    assert res.config.rank == 4
+
+
+def test_topk_mask_exact_count_with_ties_and_both_selectors():
+    rng = np.random.default_rng(0)
+    x = np.round(rng.standard_normal((3, 40, 50)), 1).astype(np.float32)  # many exact ties
+    for density in (0.0, 0.13, 0.5, 0.99, 1.0):
+        want = np.stack([np_topk_mask(x[i], density) for i in range(3)])
+        for sel in ("numpy", "mlx"):
+            got = np.array(topk_mask(mx.array(x), density, select=sel))
+            assert got.sum(axis=(1, 2)).tolist() == [int(density * 2000)] * 3
+            assert np.array_equal(got, want)
+
+
+def test_combine_compiled_matches_reference_with_zero_and_negative_weights():
+    rng = np.random.default_rng(1)
+    d = rng.standard_normal((4, 30, 20)).astype(np.float32)
+    keep = rng.random(d.shape) < 0.5
+    w = [0.5, -1.0, 0.0, 2.0]
+    got = combine(mx.array(d), mx.array(keep), mx.array(w), "total", scale=2.0, kernel="compiled")
+    assert_close(got, np_ties(list(d), w, keep=keep, scale=2.0))
+    got = combine(mx.array(d), mx.array(keep), mx.array(w), None, kernel="compiled")
+    assert_close(got, np_weighted(list(d), w, keep=keep))
+
+
+def test_zero_weight_adapter_takes_no_part_in_ties(three):
+    a = merge_adapters(three, "ties", weights=[1.0, 0.0, 1.0], density=0.5, output="deltas")
+    b = merge_adapters([three[0], three[2]], "ties", density=0.5, output="deltas")
+    assert_close(a.deltas[Q0], np.array(b.deltas[Q0]))
+
+
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [
+        ({"method": "nope"}, "unknown merge method"),
+        ({"method": "ties"}, "needs a density"),
+        ({"method": "dare_linear"}, "needs a drop"),
+        ({"method": "dare_linear", "drop": 1.0}, "drop probability"),
+        ({"method": "ties", "density": 1.5}, "density must be"),
+        ({"method": "linear", "weights": [1, 2]}, "got 2 weights for 3 adapters"),
+        ({"method": "linear", "weights": "1,x,2"}, "not comma-separated"),
+        ({"method": "layer_wise"}, "needs layer ranges"),
+        ({"method": "layer_wise", "layer_ranges": "cls:0-1,qa:1-1"}, "more than one layer range"),
+        ({"method": "layer_wise", "layer_ranges": "cls:0-5"}, "past the last layer"),
+        ({"method": "layer_wise", "layer_ranges": "zzz:0-1"}, "unknown adapter 'zzz'"),
+        ({"method": "layer_wise", "layer_ranges": "cls0-1"}, "bad layer range"),
+        ({"method": "factor_ties", "density": 0.5}, "needs adapters of one rank"),
+        ({"method": "svd", "rank": 0}, "rank must be"),
+    ],
+)
+def test_bad_options_raise_one_clear_error(three, kwargs, msg):
+    with pytest.raises(MixloraError, match=msg):
+        merge_adapters(three, **kwargs)
+
+
+def test_adapters_for_different_bases_are_refused():
+    a = make_adapter(1)
+    b = make_adapter(2, base={**make_adapter(2)[0].base_model, "fingerprint": "beef"})
+    a[0].base_model["fingerprint"] = "cafe"
+    with pytest.raises(MixloraError, match="different base"):
+        merge_adapters([a, b], "linear")
+    c = make_adapter(3, base={"hidden_size": 128, "num_hidden_layers": 2})
+    with pytest.raises(MixloraError, match="different base"):
+        merge_adapters([make_adapter(1), c], "linear")
+
+
+def test_shape_mismatch_is_refused():
+    a = make_adapter(1)
+    b = make_adapter(2)
+    b[1][f"{Q0}.lora_a"] = mx.zeros((4, 32))
+    with pytest.raises(MixloraError, match="different bases"):
+        merge_adapters([a, b], "linear")
+
+
+@pytest.mark.skipif(
+    not (hasattr(mx.fast, "metal_kernel") and mx.metal.is_available()), reason="needs Metal"
+)
+@pytest.mark.parametrize("elect", ["total", "frequency"])
+def test_metal_kernel_matches_compiled(elect):
+    rng = np.random.default_rng(2)
+    d = mx.array(rng.standard_normal((3, 64, 96)).astype(np.float32))
+    keep = mx.array(rng.random((3, 64, 96)) < 0.4)
+    w = mx.array([0.5, -1.0, 2.0])
+    a = combine(d, keep, w, elect, kernel="metal")
+    b = combine(d, keep, w, elect, kernel="compiled")
+    assert_close(a, np.array(b))
