@@ -9,6 +9,7 @@ and refuses it with one clear message rather than loading something different.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -118,12 +119,32 @@ def _check_peft_config(raw: dict, source: str) -> None:
         if not is_default:
             raise MixloraError(f"{source}: {message} (found {key}={value!r})")
     for key in ("r", "lora_alpha"):
-        if (
-            not isinstance(raw.get(key), int | float)
-            or isinstance(raw.get(key), bool)
-            or raw[key] <= 0
-        ):
+        if not _positive(raw.get(key)):
             raise MixloraError(f"{source}: {key} must be a positive number, got {raw.get(key)!r}")
+    if not isinstance(raw.get("use_rslora", False), bool):
+        raise MixloraError(
+            f"{source}: use_rslora must be true or false, got {raw.get('use_rslora')!r}"
+        )
+    dropout = raw.get("lora_dropout", 0.0) or 0.0
+    if not (dropout == 0.0 or _positive(dropout)) or dropout >= 1:
+        raise MixloraError(f"{source}: lora_dropout must be a number in [0, 1), got {dropout!r}")
+    for key in ("rank_pattern", "alpha_pattern"):
+        pattern = raw.get(key) or {}
+        if not isinstance(pattern, dict) or not all(_positive(v) for v in pattern.values()):
+            raise MixloraError(
+                f"{source}: {key} must map module names to positive numbers, got {pattern!r}"
+            )
+        for k in pattern:
+            try:
+                re.compile(k)
+            except re.error:
+                raise MixloraError(
+                    f"{source}: {key} key {k!r} is not a valid module pattern"
+                ) from None
+
+
+def _positive(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 def _resolve_pattern(pattern: dict, path: str, default: float) -> float:

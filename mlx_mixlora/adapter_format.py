@@ -106,41 +106,111 @@ class AdapterConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise MixloraError(f"{source}: unknown keys {unknown}")
+        if not isinstance(d, dict):
+            raise MixloraError(f"{source}: must be a JSON object")
         if d.get("format", FORMAT) != FORMAT:
             raise MixloraError(f"{source}: format {d.get('format')!r} is not {FORMAT!r}")
-        if int(d.get("format_version", FORMAT_VERSION)) > FORMAT_VERSION:
+        version = d.get("format_version", FORMAT_VERSION)
+        if not _is_int(version) or version > FORMAT_VERSION:
             raise MixloraError(
-                f"{source}: format_version {d['format_version']} is newer than this mixlora supports"
+                f"{source}: format_version {version!r} is not supported (this mixlora reads up to {FORMAT_VERSION})"
             )
         for key in ("rank", "alpha", "targets", "layers"):
             if key not in d:
                 raise MixloraError(f"{source}: missing key {key!r}")
-        try:
-            cfg = cls(**d)
-            cfg.rank = int(cfg.rank)
-            cfg.alpha = float(cfg.alpha)
-            cfg.layers = [int(x) for x in cfg.layers]
-            cfg.targets = [str(t) for t in cfg.targets]
-            cfg.rank_pattern = {str(k): int(v) for k, v in dict(cfg.rank_pattern).items()}
-            cfg.alpha_pattern = {str(k): float(v) for k, v in dict(cfg.alpha_pattern).items()}
-        except (TypeError, ValueError) as e:
-            raise MixloraError(f"{source}: malformed value: {e}") from None
-        if cfg.rank < 1:
-            raise MixloraError(f"{source}: rank must be >= 1, got {cfg.rank}")
-        if not cfg.targets or not cfg.layers:
-            raise MixloraError(f"{source}: targets and layers must be non-empty")
-        for t in cfg.targets:
+        _expect(
+            source, "rank", d["rank"], _is_int(d["rank"]) and d["rank"] >= 1, "a positive integer"
+        )
+        _expect(
+            source,
+            "alpha",
+            d["alpha"],
+            _is_number(d["alpha"]) and d["alpha"] > 0,
+            "a positive number",
+        )
+        _expect(
+            source,
+            "targets",
+            d["targets"],
+            _is_list_of(d["targets"], str) and d["targets"],
+            "a non-empty list of module names",
+        )
+        _expect(
+            source,
+            "layers",
+            d["layers"],
+            _is_list_of(d["layers"], int) and d["layers"] and min(d["layers"]) >= 0,
+            "a non-empty list of layer indices",
+        )
+        _expect(
+            source,
+            "use_rslora",
+            d.get("use_rslora", False),
+            isinstance(d.get("use_rslora", False), bool),
+            "true or false",
+        )
+        dropout = d.get("dropout", 0.0)
+        _expect(
+            source,
+            "dropout",
+            dropout,
+            _is_number(dropout) and 0 <= dropout < 1,
+            "a number in [0, 1)",
+        )
+        for key, check in (("rank_pattern", _is_int), ("alpha_pattern", _is_number)):
+            pattern = d.get(key, {})
+            ok = isinstance(pattern, dict) and all(check(v) and v > 0 for v in pattern.values())
+            _expect(source, key, pattern, ok, "an object of module path -> positive number")
+        for key in ("base_model", "extra"):
+            _expect(source, key, d.get(key, {}), isinstance(d.get(key, {}), dict), "an object")
+        for key in ("name", "task"):
+            _expect(
+                source,
+                key,
+                d.get(key),
+                d.get(key) is None or isinstance(d.get(key), str),
+                "a string",
+            )
+        _expect(
+            source,
+            "created_by",
+            d.get("created_by", ""),
+            isinstance(d.get("created_by", ""), str),
+            "a string",
+        )
+        for t in d["targets"]:
             if t not in TARGET_PARENT:
                 raise MixloraError(
                     f"{source}: unknown target module {t!r}; known: {', '.join(TARGET_PARENT)}"
                 )
-        if any(layer < 0 for layer in cfg.layers):
-            raise MixloraError(f"{source}: negative layer index in {cfg.layers}")
+        cfg = cls(**d)
+        cfg.alpha = float(cfg.alpha)
+        cfg.dropout = float(cfg.dropout)
+        cfg.alpha_pattern = {k: float(v) for k, v in cfg.alpha_pattern.items()}
         if cfg.name is not None:
             validate_name(cfg.name)
         for p in list(cfg.rank_pattern) + list(cfg.alpha_pattern):
             parse_module_path(p)
         return cfg
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, int | float) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _is_list_of(v: Any, kind: type) -> bool:
+    return isinstance(v, list) and all(
+        _is_int(x) if kind is int else isinstance(x, kind) for x in v
+    )
+
+
+def _expect(source: str, key: str, value: Any, ok: Any, what: str) -> None:
+    if not ok:
+        raise MixloraError(f"{source}: {key} must be {what}, got {value!r}")
 
 
 def save_adapter(
