@@ -81,3 +81,38 @@ def test_core_package_does_not_import_torch():
     out = _python(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_non_editable_install_gives_working_cli(tmp_path):
+    """`pip install .` (not editable) ships every module the CLI needs."""
+    target = tmp_path / "site"
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    code = "import mlx_mixlora, sys; from mlx_mixlora.cli import main, COMMANDS; [main.get_command(None, c) for c in COMMANDS]; print(mlx_mixlora.__file__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().startswith(str(target))
