@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "convert": "convert_cmd:convert",
     "export": "export_cmd:export",
     "import": "import_cmd:import_",
+    "merge": "merge_cmd:merge",
 }
 
 

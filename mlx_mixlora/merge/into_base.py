@@ -40,7 +40,10 @@ def _apply(w: mx.array, upd: Update, path: str) -> mx.array:
 def _module(model: Any, path: str) -> Any:
     mod = model
     for part in path.split("."):
-        mod = mod[int(part)] if part.isdigit() else getattr(mod, part, None)
+        if part.isdigit():
+            mod = mod[int(part)] if isinstance(mod, list) and int(part) < len(mod) else None
+        else:
+            mod = getattr(mod, part, None)
         if mod is None:
             raise MixloraError(f"the model has no module {path}")
     if "scales" in mod or not isinstance(getattr(mod, "weight", None), mx.array):

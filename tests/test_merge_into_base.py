@@ -1,0 +1,131 @@
+"""Fusing merged deltas into base weights: in place and reversible, or as a new model dir."""
+
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from helpers_merge import assert_close, make_adapter, np_delta
+from mlx.utils import tree_flatten
+from mlx_lm.models import llama
+
+from mlx_mixlora.adapter_format import module_path
+from mlx_mixlora.errors import MixloraError
+from mlx_mixlora.merge import fuse_deltas, merge_adapters, merge_into_base, restore
+from mlx_mixlora.model import base_identity, load_model
+
+ARGS = dict(
+    model_type="llama",
+    hidden_size=64,
+    num_hidden_layers=2,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-5,
+    vocab_size=256,
+    tie_word_embeddings=False,
+)
+
+
+def tiny_model(seed=0):
+    mx.random.seed(seed)
+    model = llama.Model(llama.ModelArgs(**ARGS))
+    mx.eval(model.parameters())
+    return model
+
+
+def save_model_dir(path, seed=0):
+    model = tiny_model(seed)
+    path.mkdir(parents=True)
+    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    (path / "config.json").write_text(json.dumps(ARGS))
+    (path / "tokenizer.json").write_text('{"fake": "tokenizer, copied byte for byte"}')
+    return path
+
+
+def _weights(model):
+    return {k: np.array(v) for k, v in tree_flatten(model.parameters())}
+
+
+def test_fuse_and_restore_are_exact():
+    model = tiny_model()
+    ads = [make_adapter(1), make_adapter(2, targets=("q_proj", "o_proj"), rank=2)]
+    before = _weights(model)
+    originals = {k: v for k, v in tree_flatten(model.parameters())}
+    x = mx.array([[1, 5, 9, 30]])
+    y0 = model(x)
+    res = merge_adapters(ads, "linear", weights=[0.5, 2.0])
+    handle = fuse_deltas(model, res.updates())
+    after = _weights(model)
+    q0 = module_path(0, "q_proj")
+    want = before[f"{q0}.weight"] + 0.5 * np_delta(ads[0], q0) + 2.0 * np_delta(ads[1], q0)
+    assert_close(after[f"{q0}.weight"], want)
+    unaffected = "model.layers.0.mlp.up_proj.weight"
+    assert np.array_equal(after[unaffected], before[unaffected])
+    assert float(mx.abs(model(x) - y0).max()) > 1e-3
+    restore(model, handle)
+    for k, v in tree_flatten(model.parameters()):
+        assert v is originals[k]  # the very same arrays: bit-identical
+        assert np.array_equal(np.array(v), before[k])
+    assert np.array_equal(np.array(model(x)), np.array(y0))
+
+
+def test_dense_and_factor_updates_fuse_the_same():
+    ads = [make_adapter(1), make_adapter(2)]
+    res = merge_adapters(ads, "cat")
+    dense = {p: res.delta(p) for p in res.module_paths()}
+    m1, m2 = tiny_model(), tiny_model()
+    fuse_deltas(m1, res.updates())
+    fuse_deltas(m2, dense)
+    for (_, a), (_, b) in zip(
+        tree_flatten(m1.parameters()), tree_flatten(m2.parameters()), strict=True
+    ):
+        assert_close(np.array(a), np.array(b), tol=1e-6)
+
+
+def test_fuse_rejects_bad_paths_and_shapes_without_changing_anything():
+    model = tiny_model()
+    before = _weights(model)
+    q0 = module_path(0, "q_proj")
+    with pytest.raises(MixloraError, match="delta is"):
+        fuse_deltas(model, {q0: mx.zeros((64, 64)), module_path(0, "k_proj"): mx.zeros((64, 64))})
+    with pytest.raises(MixloraError, match="no module"):
+        fuse_deltas(model, {"model.layers.7.self_attn.q_proj": mx.zeros((64, 64))})
+    after = _weights(model)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("method,kw", [("linear", {}), ("ties", {"density": 0.3})])
+def test_merge_into_base_writes_a_loadable_model(tmp_path, method, kw):
+    src = save_model_dir(tmp_path / "base")
+    ident = base_identity(src)
+    ads = [make_adapter(1, base=ident), make_adapter(2, base=ident, rank=3)]
+    res = merge_adapters(ads, method, output="deltas" if method == "ties" else "adapter", **kw)
+    out = merge_into_base(src, res.updates(), tmp_path / "out", base_identity=ident)
+    assert (out / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
+    model, _ = load_model(out)
+    base, _ = load_model(src)
+    got, ref = _weights(model), _weights(base)
+    for p in res.module_paths():
+        want = ref[f"{p}.weight"] + np.array(res.delta(p), dtype=np.float64)
+        assert_close(got[f"{p}.weight"], want)
+    untouched = [k for k in ref if k.rsplit(".", 1)[0] not in res.module_paths()]
+    assert untouched and all(np.array_equal(got[k], ref[k]) for k in untouched)
+    card = json.loads((out / "mixlora_merge.json").read_text())
+    assert card["base"] == str(src)
+
+
+def test_merge_into_base_refuses_other_base_and_leaves_no_output(tmp_path):
+    src = save_model_dir(tmp_path / "base")
+    other = save_model_dir(tmp_path / "other", seed=1)
+    ident = base_identity(other)
+    res = merge_adapters([make_adapter(1, base=ident)], "linear")
+    with pytest.raises(MixloraError, match="not the base"):
+        merge_into_base(src, res.updates(), tmp_path / "out", base_identity=ident)
+    bad = {module_path(0, "q_proj"): mx.zeros((64, 32))}
+    with pytest.raises(MixloraError, match="delta is"):
+        merge_into_base(src, bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "other"]  # no temp dirs left
