@@ -1,0 +1,378 @@
+"""The training loop: one compiled step, reproducible order, atomic outputs.
+
+The step (forward, target-only loss, backward, accumulation, clipping, AdamW)
+is one `mx.compile`d function whose state is the model, the optimizer and the
+mx.random key. Data order depends only on (seed, epoch) and the random key is
+reseeded from (seed, step) before every step, so a resumed run replays exactly
+the batches, dropout masks and updates of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_map
+
+from ..adapter_format import AdapterConfig, save_adapter
+from ..errors import MixloraError
+from ..lora import adapter_weights, attach_lora, detach_lora, model_identity, n_layers, parse_layers
+from . import checkpoint
+from .batching import Batch, batches_per_epoch, epoch_rows, iterate, make_batch
+from .config import TrainConfig
+from .data import DataStats, Tokenized, load_examples, prepare
+from .loss import target_loss
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path | None
+    config: AdapterConfig
+    steps: int
+    train_loss: float | None
+    val_loss: float | None
+    tokens: int
+    seconds: float
+    tokens_per_second: float
+    peak_memory_gb: float
+    data: DataStats
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def _arrays(b: Batch) -> tuple:
+    opt = lambda a: None if a is None else mx.array(a)  # noqa: E731
+    return (
+        mx.array(b.tokens),
+        mx.array(b.labels),
+        opt(b.target_idx),
+        mx.array(b.weights),
+        opt(b.positions),
+        opt(b.segments),
+    )
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Per-step mx.random seed: dropout noise depends only on (seed, step), so resume needs no RNG state."""
+    return (seed * 1_000_003 + step * 7_919) % (1 << 63)
+
+
+def make_schedule(cfg: TrainConfig, total: int):
+    warm = min(cfg.warmup, max(total - 1, 0))
+    decay = optim.cosine_decay(cfg.lr, max(1, total - warm), cfg.min_lr)
+    if warm == 0:
+        return decay
+    return optim.join_schedules([optim.linear_schedule(0.0, cfg.lr, warm), decay], [warm])
+
+
+def total_steps(cfg: TrainConfig, items: list[Tokenized]) -> int:
+    if cfg.iters is not None:
+        return cfg.iters
+    per_epoch = batches_per_epoch(items, cfg.batch_size, cfg.max_seq_len, cfg.pack, cfg.seed)
+    return max(1, math.ceil(cfg.epochs * per_epoch / cfg.grad_accum))
+
+
+def evaluate(model: nn.Module, items: list[Tokenized], cfg: TrainConfig) -> float:
+    """Mean target CE over (up to `val_batches` of) a validation set, dropout off."""
+    was_training = model.training
+    model.eval()
+    loss_fn = mx.compile(partial(target_loss, model))
+    total, n = 0.0, 0.0
+    plan = epoch_rows(items, cfg.batch_size, cfg.max_seq_len, cfg.pack, cfg.seed, 0)
+    if cfg.val_batches > 0:
+        plan = plan[: cfg.val_batches]
+    for rows in plan:
+        loss, ntok = loss_fn(*_arrays(make_batch(items, rows, cfg.max_seq_len, cfg.pack)))
+        mx.eval(loss, ntok)
+        total += loss.item() * ntok.item()
+        n += ntok.item()
+    model.train(was_training)
+    return total / max(n, 1.0)
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def train_adapter(
+    model: str | Path | tuple[nn.Module, Any],
+    data: str | Path | list[dict],
+    out_dir: str | Path | None,
+    cfg: TrainConfig | None = None,
+    progress: bool = True,
+    *,
+    val_data: str | Path | list[dict] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    base: dict | None = None,
+    checkpoint_dir: str | Path | None = None,
+    stop_at: int | None = None,
+    detach: bool = True,
+) -> TrainResult:
+    """Train one LoRA adapter and write it to `out_dir` in the adapter format.
+
+    `model` is an MLX model dir or an already loaded `(model, tokenizer)`; a
+    loaded model gets its LoRA layers removed again afterwards (`detach`), so
+    one base can train several adapters. `stop_at` ends the run after that step
+    with a checkpoint and no adapter (a time-boxed or interrupted run);
+    `resume` continues from the newest checkpoint. `out_dir=None` skips writing.
+    """
+    cfg = (cfg or TrainConfig()).validate()
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and out.exists() and not overwrite:
+        raise MixloraError(
+            f"output path {out} already exists (choose another path or pass --overwrite)"
+        )
+    if isinstance(model, (str, Path)):
+        from ..model import base_identity, load
+
+        base = base or base_identity(model)
+        model, tokenizer = load(model)
+        owned = True
+    else:
+        model, tokenizer = model
+        base = base or model_identity(model)
+        owned = False
+
+    items, stats = prepare(
+        load_examples(data), tokenizer, cfg.max_seq_len, cfg.mask_prompt, cfg.long_policy
+    )
+    _log(
+        progress,
+        f"data: {stats.examples} examples, {stats.tokens} tokens ({stats.targets} loss targets); "
+        f"over max_seq_len={cfg.max_seq_len} (policy {cfg.long_policy}): "
+        f"{stats.truncated} truncated, {stats.skipped} skipped",
+    )
+    val_items = None
+    if val_data is not None:
+        val_items, vstats = prepare(
+            load_examples(val_data), tokenizer, cfg.max_seq_len, cfg.mask_prompt, cfg.long_policy
+        )
+        _log(
+            progress,
+            f"validation: {len(val_items)} examples ({vstats.truncated} truncated, {vstats.skipped} skipped)",
+        )
+
+    layers = parse_layers(cfg.layers, n_layers(model))
+    acfg = AdapterConfig(
+        rank=cfg.rank,
+        alpha=cfg.alpha,
+        targets=list(cfg.targets),
+        layers=layers,
+        use_rslora=cfg.use_rslora,
+        dropout=cfg.dropout,
+        base_model=base,
+        name=cfg.name,
+        task=cfg.task,
+    )
+    if cfg.name is not None:
+        AdapterConfig.from_dict(acfg.to_dict())  # validates the name early
+
+    ckpt_dir = (
+        Path(checkpoint_dir) if checkpoint_dir else (checkpoint.default_dir(out) if out else None)
+    )
+    fingerprint = checkpoint.data_fingerprint(items)
+    total = total_steps(cfg, items)
+
+    mx.random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    attach_lora(model, acfg)
+    try:
+        return _run(
+            model,
+            items,
+            val_items,
+            cfg,
+            acfg,
+            out,
+            overwrite,
+            ckpt_dir,
+            fingerprint,
+            total,
+            stats,
+            resume,
+            stop_at,
+            progress,
+        )
+    finally:
+        if detach and not owned:
+            detach_lora(model)
+
+
+def _run(
+    model,
+    items,
+    val_items,
+    cfg,
+    acfg,
+    out,
+    overwrite,
+    ckpt_dir,
+    fingerprint,
+    total,
+    stats,
+    resume,
+    stop_at,
+    progress,
+) -> TrainResult:
+    optimizer = optim.AdamW(learning_rate=make_schedule(cfg, total), weight_decay=cfg.weight_decay)
+    start = 0
+    history: list[dict] = []
+    if resume:
+        last = checkpoint.latest(ckpt_dir) if ckpt_dir else None
+        if last is None:
+            raise MixloraError(f"--resume: no checkpoint found in {ckpt_dir}")
+        start, lora, opt_state, info = checkpoint.load(last, cfg.to_dict(), fingerprint)
+        model.update(_nest(lora))
+        optimizer.state = opt_state
+        history = list(info.get("history", []))
+        _log(progress, f"resuming from {last} (step {start} of {total})")
+    optimizer.init(model.trainable_parameters())
+    model.train()
+
+    loss_vg = nn.value_and_grad(model, partial(target_loss, grad_checkpoint=cfg.grad_checkpoint))
+    state = [model.state, optimizer.state, mx.random.state]
+    accum, clip = cfg.grad_accum, cfg.clip_grad
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(arrays, prev_grad, do_update):
+        (loss, ntok), grad = loss_vg(model, *arrays)
+        if prev_grad is not None:
+            grad = tree_map(lambda a, b: a + b, grad, prev_grad)
+        if do_update:
+            if accum > 1:
+                grad = tree_map(lambda g: g / accum, grad)
+            if clip:
+                grad, _ = optim.clip_grad_norm(grad, clip)
+            optimizer.update(model, grad)
+            grad = None
+        return loss, ntok, grad
+
+    batches = iterate(
+        items, cfg.batch_size, cfg.max_seq_len, cfg.pack, cfg.seed, start=start * accum
+    )
+    mx.reset_peak_memory()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=total,
+            initial=start,
+            desc="train",
+            unit="step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+    tokens = 0
+    timed_tokens, timed_s, seconds = 0, 0.0, 0.0
+    train_loss = val_loss = None
+    end = total if stop_at is None else min(total, stop_at)
+    it = start
+    for it in range(start + 1, end + 1):
+        tic = time.perf_counter()
+        mx.random.seed(step_seed(cfg.seed, it))
+        grad, losses, step_tokens = None, [], 0
+        for micro in range(accum):
+            b = next(batches)
+            loss, _, grad = step(_arrays(b), grad, micro == accum - 1)
+            losses.append(loss)
+            step_tokens += b.n_tokens
+        mx.eval(state, losses)
+        dt = time.perf_counter() - tic
+        seconds += dt
+        tokens += step_tokens
+        if it > start + 1 or end - start == 1:
+            timed_tokens += step_tokens
+            timed_s += dt
+        train_loss = float(sum(x.item() for x in losses) / accum)
+        rec = {
+            "step": it,
+            "loss": train_loss,
+            "lr": float(optimizer.learning_rate.item()),
+            "tokens": step_tokens,
+        }
+        if val_items is not None and cfg.val_every and it % cfg.val_every == 0 and it < total:
+            val_loss = rec["val_loss"] = evaluate(model, val_items, cfg)
+        history.append(rec)
+        if bar is not None:
+            tps = timed_tokens / timed_s if timed_s else step_tokens / dt
+            post = {
+                "loss": f"{train_loss:.3f}",
+                "tok/s": f"{tps:.0f}",
+                "peak": f"{mx.get_peak_memory() / 2**30:.2f}G",
+            }
+            if val_loss is not None:
+                post["val"] = f"{val_loss:.3f}"
+            bar.set_postfix(post, refresh=False)
+            bar.update(1)
+        if (
+            ckpt_dir
+            and it < total
+            and ((cfg.save_every and it % cfg.save_every == 0) or it == stop_at)
+        ):
+            info = {
+                "config": cfg.to_dict(),
+                "data_fingerprint": fingerprint,
+                "total_steps": total,
+                "history": history,
+            }
+            checkpoint.save(
+                ckpt_dir, it, adapter_weights(model), optimizer.state, info, cfg.keep_checkpoints
+            )
+    if bar is not None:
+        bar.close()
+    stopped = it < total
+    if val_items is not None and not stopped:
+        val_loss = evaluate(model, val_items, cfg)
+        _log(progress, f"validation loss: {val_loss:.4f}")
+    peak = mx.get_peak_memory() / 2**30
+    tps = timed_tokens / timed_s if timed_s else 0.0
+    acfg.extra = {
+        "train": {k: v for k, v in cfg.to_dict().items() if k not in ("name", "task")},
+        "steps": total,
+        "final_train_loss": train_loss,
+        "final_val_loss": val_loss,
+        "tokens": tokens,
+        "tokens_per_second": round(tps, 2),
+        "data": {
+            "examples": stats.examples,
+            "truncated": stats.truncated,
+            "skipped": stats.skipped,
+            "fingerprint": fingerprint,
+        },
+    }
+    written = None
+    if out is not None and not stopped:
+        written = save_adapter(out, acfg, adapter_weights(model), overwrite=overwrite)
+        _log(progress, f"adapter written to {written}")
+    return TrainResult(
+        adapter_dir=written,
+        config=acfg,
+        steps=it,
+        train_loss=train_loss,
+        val_loss=val_loss,
+        tokens=tokens,
+        seconds=seconds,
+        tokens_per_second=tps,
+        peak_memory_gb=peak,
+        data=stats,
+        history=history,
+        stopped_early=stopped,
+    )
+
+
+def _nest(flat: dict[str, mx.array]) -> dict:
+    from mlx.utils import tree_unflatten
+
+    return tree_unflatten(list(flat.items()))
