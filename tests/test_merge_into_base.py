@@ -36,10 +36,17 @@ def tiny_model(seed=0):
     return model
 
 
-def save_model_dir(path, seed=0):
+def save_model_dir(path, seed=0, dtype=mx.float32, shards=1):
     model = tiny_model(seed)
     path.mkdir(parents=True)
-    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    params = {k: v.astype(dtype) for k, v in tree_flatten(model.parameters())}
+    if shards == 1:
+        mx.save_safetensors(str(path / "model.safetensors"), params)
+    else:  # layer-0 tensors in one shard, everything else in the other
+        first = {k: v for k, v in params.items() if ".layers.0." in k}
+        rest = {k: v for k, v in params.items() if k not in first}
+        mx.save_safetensors(str(path / "model-00001-of-00002.safetensors"), first)
+        mx.save_safetensors(str(path / "model-00002-of-00002.safetensors"), rest)
     (path / "config.json").write_text(json.dumps(ARGS))
     (path / "tokenizer.json").write_text('{"fake": "tokenizer, copied byte for byte"}')
     return path
@@ -129,3 +136,23 @@ def test_merge_into_base_refuses_other_base_and_leaves_no_output(tmp_path):
         merge_into_base(src, bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "other"]  # no temp dirs left
+
+
+def test_merge_into_bf16_sharded_base_patches_only_what_changes(tmp_path):
+    src = save_model_dir(tmp_path / "base", dtype=mx.bfloat16, shards=2)
+    ident = base_identity(src)
+    ads = [make_adapter(1, base=ident, layers=(0,)), make_adapter(2, base=ident, layers=(0,))]
+    res = merge_adapters(ads, "linear", weights=[1.0, -0.5])
+    out = merge_into_base(src, res.updates(), tmp_path / "out")
+    untouched = "model-00002-of-00002.safetensors"
+    assert (out / untouched).read_bytes() == (src / untouched).read_bytes()
+    got = mx.load(str(out / "model-00001-of-00002.safetensors"))
+    ref = mx.load(str(src / "model-00001-of-00002.safetensors"))
+    q0 = module_path(0, "q_proj")
+    want = (ref[f"{q0}.weight"].astype(mx.float32) + res.delta(q0)).astype(mx.bfloat16)
+    assert got[f"{q0}.weight"].dtype == mx.bfloat16
+    assert mx.array_equal(got[f"{q0}.weight"], want)
+    assert not mx.array_equal(got[f"{q0}.weight"], ref[f"{q0}.weight"])
+    up = "model.layers.0.mlp.up_proj.weight"
+    assert mx.array_equal(got[up], ref[up])
+    assert set(got) == set(ref)
