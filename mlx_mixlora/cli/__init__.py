@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "export": "export_cmd:export",
     "import": "import_cmd:import_",
     "merge": "merge_cmd:merge",
+    "train": "train_cmd:train",
 }
 
 
