@@ -1,0 +1,267 @@
+"""Score methods on tasks: the task × method matrix behind `mixlora demo`.
+
+A *method* is anything that puts a loaded model into the state in which a task
+is evaluated: the bare base, one attached adapter, a merged adapter, fused
+deltas, a router... It is a name plus a context manager factory
+``use(model, task) -> ContextManager``, so merging and routing plug in without
+this module knowing about them.
+
+Label tasks are scored two ways: free generation (greedy decode, normalised
+exact match) and label scoring (the log-likelihood of each allowed label plus
+end-of-sequence after the prompt; the best label is the prediction). Text tasks
+are scored by ROUGE-L of the greedy generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .tasks import Task
+from .tasks import metrics as M
+
+# The score shown in the matrix: free-generation accuracy / ROUGE-L.
+PRIMARY = {"accuracy": "accuracy_gen", "rouge_l": "rouge_l"}
+_LOGITS_BUDGET = (
+    64 * 2**20
+)  # max logits floats per forward batch (bounds memory on big vocabularies)
+
+
+@dataclass
+class Method:
+    """A way to prepare the model for a task; `use` undoes itself on exit."""
+
+    name: str
+    use: Callable[[Any, Task], AbstractContextManager] = field(
+        default=lambda model, task: contextlib.nullcontext()
+    )
+    kind: str = "base"
+    info: dict = field(default_factory=dict)
+
+
+def base_method(name: str = "base") -> Method:
+    return Method(name=name, kind="base")
+
+
+def adapter_method(
+    name: str, adapter_dir: str | Path, base: dict | None = None, kind: str = "adapter"
+) -> Method:
+    """Attach the adapter at `adapter_dir` (any adapter-format dir, merged ones too)."""
+
+    @contextlib.contextmanager
+    def use(model, task: Task) -> Iterator[None]:
+        from .lora import detach_lora, load_adapter_into
+
+        load_adapter_into(model, adapter_dir, base=base)
+        try:
+            yield
+        finally:
+            detach_lora(model)
+
+    return Method(name=name, use=use, kind=kind, info={"adapter": str(adapter_dir)})
+
+
+# ---------------------------------------------------------------- token helpers
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    return list(tokenizer.encode(prompt, add_special_tokens=True))
+
+
+def encode_continuation(tokenizer, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def _eos_ids(tokenizer) -> set[int]:
+    ids = getattr(tokenizer, "eos_token_ids", None)
+    if ids:
+        return {int(i) for i in ids}
+    eos = getattr(tokenizer, "eos_token_id", None)
+    return {int(eos)} if eos is not None else set()
+
+
+def _batches(lengths: list[int], vocab: int) -> Iterator[list[int]]:
+    """Index groups whose padded logits stay under the memory budget."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    group: list[int] = []
+    for i in order:
+        longest = max([lengths[j] for j in group] + [lengths[i]])
+        if group and (len(group) + 1) * longest * vocab > _LOGITS_BUDGET:
+            yield group
+            group = []
+        group.append(i)
+    if group:
+        yield group
+
+
+def _forward(model, seqs: list[list[int]], pad: int):
+    import mlx.core as mx
+
+    width = max(len(s) for s in seqs)
+    x = np.full((len(seqs), width), pad, dtype=np.int32)
+    for i, s in enumerate(seqs):
+        x[i, : len(s)] = s
+    return model(mx.array(x))
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def sequence_logprobs(
+    model, prompts: list[list[int]], continuations: list[list[int]], vocab: int
+) -> np.ndarray:
+    """Sum of log p(continuation tokens | prompt) for each (prompt, continuation) pair.
+
+    Sequences are right-padded: with a causal mask the pads never affect the
+    scored positions, so batching is exact.
+    """
+    import mlx.core as mx
+
+    seqs = [p + c for p, c in zip(prompts, continuations, strict=True)]
+    out = np.zeros(len(seqs), dtype=np.float64)
+    for group in _batches([len(s) for s in seqs], vocab):
+        logits = _forward(model, [seqs[i] for i in group], pad=0).astype(mx.float32)
+        logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        rows, cols, toks = [], [], []
+        for r, i in enumerate(group):
+            start = len(prompts[i])
+            for k, tok in enumerate(continuations[i]):
+                rows.append(r)
+                cols.append(start + k - 1)
+                toks.append(tok)
+        picked = logp[mx.array(rows), mx.array(cols), mx.array(toks)]
+        picked = np.array(picked, dtype=np.float64)
+        sums = np.zeros(len(group))
+        np.add.at(sums, np.array(rows), picked)
+        out[group] = sums
+    return out
+
+
+def label_scores(model, tokenizer, prompts: list[str], labels: list[str]) -> np.ndarray:
+    """[n_prompts, n_labels] log-likelihood of " label</s>" after each prompt."""
+    eos = sorted(_eos_ids(tokenizer))[:1]
+    p_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    l_ids = [encode_continuation(tokenizer, " " + lab) + eos for lab in labels]
+    vocab = _vocab(model)
+    flat = sequence_logprobs(
+        model, [p for p in p_ids for _ in l_ids], [lab for _ in p_ids for lab in l_ids], vocab
+    )
+    return flat.reshape(len(prompts), len(labels))
+
+
+def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy continuations, stopped at end-of-sequence or a newline.
+
+    Batched without a KV cache: right-padded sequences grow by one token per
+    step and each reads its own last position (exact under a causal mask).
+    Short answers make the recomputation cheaper than per-prompt decoding.
+    """
+    import mlx.core as mx
+
+    eos = _eos_ids(tokenizer)
+    vocab = _vocab(model)
+    seqs = [encode_prompt(tokenizer, p) for p in prompts]
+    starts = [len(s) for s in seqs]
+    done = [False] * len(seqs)
+    texts = [""] * len(seqs)
+    for _ in range(max_new_tokens):
+        live = [i for i in range(len(seqs)) if not done[i]]
+        if not live:
+            break
+        for group in _batches([len(seqs[i]) for i in live], vocab):
+            idx = [live[g] for g in group]
+            logits = _forward(model, [seqs[i] for i in idx], pad=0)
+            last = mx.array([len(seqs[i]) - 1 for i in idx])
+            nxt = mx.argmax(logits[mx.arange(len(idx)), last], axis=-1).tolist()
+            for i, tok in zip(idx, nxt, strict=True):
+                if tok in eos:
+                    done[i] = True
+                    continue
+                seqs[i].append(int(tok))
+                texts[i] = tokenizer.decode(seqs[i][starts[i] :])
+                if "\n" in texts[i]:
+                    texts[i] = texts[i].split("\n", 1)[0]
+                    done[i] = True
+    return [t.strip() for t in texts]
+
+
+def _vocab(model) -> int:
+    args = getattr(model, "args", None)
+    return int(getattr(args, "vocab_size", 32000) or 32000)
+
+
+# ---------------------------------------------------------------- one task, many methods
+
+
+def score_task(model, tokenizer, task: Task, examples: list[dict], batch_size: int = 64) -> dict:
+    """All metrics of `task` for the model as it is now; `examples` are prompt/completion pairs."""
+    prompts = [e["prompt"] for e in examples]
+    refs = [e["completion"].strip() for e in examples]
+    t0 = time.perf_counter()
+    gens: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        gens += greedy_generate(model, tokenizer, prompts[i : i + batch_size], task.max_new_tokens)
+    result: dict[str, Any] = {"n": len(examples)}
+    if task.is_label_task:
+        labels = task.label_names
+        scores = np.concatenate(
+            [
+                label_scores(model, tokenizer, prompts[i : i + batch_size], labels)
+                for i in range(0, len(prompts), batch_size)
+            ]
+        )
+        ll_preds = [labels[j] for j in scores.argmax(axis=1)]
+        result.update(
+            accuracy_gen=M.accuracy(gens, refs),
+            macro_f1_gen=M.macro_f1(gens, refs, labels),
+            accuracy_ll=M.accuracy(ll_preds, refs),
+            macro_f1_ll=M.macro_f1(ll_preds, refs, labels),
+            chance=max(refs.count(lab) for lab in labels) / len(refs),
+        )
+    else:
+        result.update(rouge_l=M.mean_rouge_l(gens, refs))
+    result["score"] = result[PRIMARY[task.metric]]
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    result["samples"] = [
+        {"prompt": p, "reference": r, "generation": g}
+        for p, r, g in list(zip(prompts, refs, gens, strict=True))[:3]
+    ]
+    return result
+
+
+def evaluate_matrix(
+    model,
+    tokenizer,
+    tasks: list[Task],
+    eval_sets: dict[str, list[dict]],
+    methods: list[Method],
+    progress: bool = True,
+) -> dict:
+    """`{"tasks", "methods", "scores": {method: {task: metrics}}}` for every pair."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks) * len(methods), desc="evaluate", disable=not progress, unit="cell")
+    scores: dict[str, dict[str, dict]] = {}
+    for method in methods:
+        scores[method.name] = {}
+        for task in tasks:
+            bar.set_postfix_str(f"{method.name} on {task.name}")
+            with method.use(model, task):
+                scores[method.name][task.name] = score_task(
+                    model, tokenizer, task, eval_sets[task.name]
+                )
+            bar.update(1)
+    bar.close()
+    return {
+        "tasks": [t.name for t in tasks],
+        "methods": [{"name": m.name, "kind": m.kind, **m.info} for m in methods],
+        "primary_metric": {t.name: PRIMARY[t.metric] for t in tasks},
+        "scores": scores,
+    }

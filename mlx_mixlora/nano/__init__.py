@@ -1,0 +1,15 @@
+"""The offline nano base: a BPE tokenizer and a small Llama pretrained on synthetic text."""
+
+from .build import SOURCE, build_nano_base, ensure_nano_base, is_complete
+from .recipe import CACHE_ENV, NanoRecipe, cache_root, cached_path
+
+__all__ = [
+    "CACHE_ENV",
+    "SOURCE",
+    "NanoRecipe",
+    "build_nano_base",
+    "cache_root",
+    "cached_path",
+    "ensure_nano_base",
+    "is_complete",
+]

@@ -1,0 +1,62 @@
+"""The nano base recipe and where its build is cached.
+
+The recipe fixes everything that determines the weights (architecture, corpus,
+steps, seed, generator version), so its hash names the cache entry: a changed
+recipe can never silently reuse an old build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..tasks.synthetic import GENERATOR_VERSION
+
+CACHE_ENV = "MIXLORA_CACHE"
+
+
+@dataclass(frozen=True)
+class NanoRecipe:
+    """TinyLlama's architecture (Llama, GQA, RoPE, SwiGLU, RMSNorm), shrunk."""
+
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 2
+    intermediate_size: int = 688
+    vocab_size: int = 2048
+    max_position_embeddings: int = 512
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    seq_len: int = 128
+    batch_size: int = 16
+    steps: int = 240
+    learning_rate: float = 2e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    corpus_rows_per_task: int = 6000
+    seed: int = 0
+    generator_version: int = GENERATOR_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def key(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def cache_root() -> Path:
+    """$MIXLORA_CACHE, else $XDG_CACHE_HOME/mlx-mixlora, else ~/.cache/mlx-mixlora."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "mlx-mixlora"
+
+
+def cached_path(recipe: NanoRecipe) -> Path:
+    return cache_root() / f"nano-{recipe.key()}"

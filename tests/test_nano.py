@@ -1,0 +1,108 @@
+"""Nano base: tokenizer files, model dir layout, cache keying and atomic build."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlx_mixlora.errors import MixloraError
+from mlx_mixlora.nano import NanoRecipe, build_nano_base, cache_root, cached_path, ensure_nano_base
+from mlx_mixlora.nano.corpus import pretraining_docs
+from mlx_mixlora.tasks import BUILTIN_TASKS
+
+TINY = NanoRecipe(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    vocab_size=512,
+    seq_len=32,
+    batch_size=4,
+    steps=6,
+    warmup_steps=2,
+    corpus_rows_per_task=150,
+)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXLORA_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_cache_dir_resolution(tmp_path, monkeypatch):
+    monkeypatch.delenv("MIXLORA_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "mlx-mixlora"
+    monkeypatch.setenv("MIXLORA_CACHE", str(tmp_path / "mine"))
+    assert cache_root() == tmp_path / "mine"
+    a, b = cached_path(TINY), cached_path(NanoRecipe(**{**TINY.to_dict(), "steps": 7}))
+    assert a.name.startswith("nano-") and a != b  # any recipe change is a new cache entry
+
+
+def test_corpus_has_no_labels_or_prompts():
+    docs = pretraining_docs(50, seed=0)
+    assert len(docs) == 200
+    text = "\n".join(docs)
+    for task in BUILTIN_TASKS:
+        stem = task.template.split("{")[0]
+        assert stem not in text  # "News: ", "Passage: ", ... never appear
+    for word in ("Topic", "Sentiment", "Summary", "Answer"):
+        assert word not in text
+
+
+def test_build_loads_like_a_converted_model(cache):
+    import mlx.core as mx
+    from transformers import AutoTokenizer
+
+    from mlx_mixlora.model import base_identity, load
+
+    path = ensure_nano_base(TINY, progress=False)
+    assert path == cached_path(TINY)
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and cfg["architectures"] == ["LlamaForCausalLM"]
+    assert (cfg["hidden_size"], cfg["num_key_value_heads"], cfg["vocab_size"]) == (32, 2, 512)
+    source = json.loads((path / "mixlora_source.json").read_text())
+    assert source["source"] == "nano-synthetic" and source["recipe"] == TINY.to_dict()
+    assert source["stats"]["final_loss"] < source["stats"]["first_loss"]
+    assert (path / "README.md").read_text().startswith("# nano base")
+
+    model, tok = load(path)
+    ids = tok.encode("Review: the plot was dull")
+    assert ids[0] == tok.bos_token_id == 1 and tok.eos_token_id == 2
+    assert tok.decode(ids[1:]) == "Review: the plot was dull"
+    logits = model(mx.array([ids]))
+    assert logits.shape == (1, len(ids), 512) and bool(mx.all(mx.isfinite(logits)))
+    hf = AutoTokenizer.from_pretrained(str(path))
+    assert hf("Review: the plot was dull")["input_ids"] == ids
+    assert base_identity(path)["name_or_path"] == "nano-synthetic"
+
+    # second call: cache hit, no rebuild (mtime unchanged)
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert ensure_nano_base(TINY, progress=False) == path
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_build_is_reproducible_and_atomic(tmp_path, monkeypatch):
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    a = build_nano_base(tmp_path / "a", TINY, progress=False)
+    b = build_nano_base(tmp_path / "b", TINY, progress=False)
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert sorted(wa) == sorted(wb)
+    assert all(np.array_equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(MixloraError, match="already exists"):
+        build_nano_base(tmp_path / "a", TINY, progress=False)
+
+    from mlx_mixlora.nano import pretrain as pretrain_mod
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("killed mid-training")
+
+    monkeypatch.setattr(pretrain_mod, "pretrain", boom)
+    with pytest.raises(RuntimeError):
+        build_nano_base(tmp_path / "c", TINY, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
