@@ -1,0 +1,121 @@
+"""Route prompts to adapters: a learned top-1 gate, training-free routers, fast execution.
+
+Routers (all give ``probs(model, token_lists, labels=None) -> [N, n_adapters]``):
+``GateRouter`` (learned MLP on pooled layer-L features, seed 003), ``CentroidRouter``,
+``ArrowRouter`` (Ostapenko et al. 2024, prompt-level aggregation), ``OracleRouter``
+(true task), ``UniformRouter`` (uniform merge). ``decide(probs, mode)`` gives a
+``Decision`` per prompt for modes top1 / topk / threshold (falls back to the base) / all.
+
+Python API (what the demo report uses)::
+
+    import mlx_mixlora
+    from mlx_mixlora.model import load, base_identity
+    from mlx_mixlora import route as R
+
+    model, tok = load(model_dir)
+    adapters = R.load_adapters(dirs, base=base_identity(model_dir))
+    gate = R.build_gate(model, tok, adapters)            # tasks from each adapter's config
+    R.save_gate("gate/", gate.gate, gate.config)
+    gate = R.load_gate_router("gate/", adapters)         # refuses another adapter set
+    centroid = R.build_centroid(model, tok, adapters, layer=gate.layer)
+    arrow = R.ArrowRouter(adapters)
+
+    R.route_prompts(gate, model, tok, prompts)           # -> [adapter index, ...]
+    prompts, labels = R.labelled_prompts(R.adapter_tasks(adapters), "test", 100)
+    R.evaluate_routing(gate, model, tok, prompts, labels) # accuracy, confusion, probs
+
+    res = R.generate_routed(model, tok, adapters, gate, prompt)  # fuse → generate → restore
+    with R.fused(model, adapters, decision): ...          # any code on the fused model
+
+    R.attach_mixed(model, adapters)                       # mixed-adapter batches
+    logits = R.mixed_forward(model, token_lists, indices) # row b uses adapter indices[b]
+    R.detach_mixed(model)
+
+The single-prompt path reuses the routing pass's KV cache for layers < L when
+every chosen adapter sits at layers >= L (see `embed.RoutedPrefill`).
+"""
+
+from .adapters import Adapter, adapter_index, load_adapters
+from .arrow import arrow_prototypes, top_right_singular
+from .build import build_centroid, build_gate, training_features
+from .embed import RoutedPrefill, mean_pool, prompt_features, run_lower, run_upper
+from .evaluate import (
+    adapter_tasks,
+    confusion,
+    evaluate_routing,
+    labelled_prompts,
+    plot_confusion,
+    plot_weights,
+)
+from .fused import RoutedGeneration, decision_updates, fused, generate_many, generate_routed
+from .gate import GateConfig, GateMLP, check_gate_adapters, load_gate, save_gate, train_gate
+from .mixed import MixedLoRALinear, attach_mixed, detach_mixed, mixed_forward, set_routes
+from .routers import (
+    ArrowRouter,
+    CentroidRouter,
+    Decision,
+    GateRouter,
+    OracleRouter,
+    UniformRouter,
+    decide,
+    encode_prompts,
+    feature_layer,
+    route_prompts,
+)
+
+
+def load_gate_router(gate_dir, adapters: list[Adapter]) -> GateRouter:
+    """Load a saved gate and check it was trained for exactly these adapters."""
+    gate, config = load_gate(gate_dir)
+    check_gate_adapters(config, adapters, source=str(gate_dir))
+    return GateRouter(gate, config)
+
+
+__all__ = [
+    "Adapter",
+    "ArrowRouter",
+    "CentroidRouter",
+    "Decision",
+    "GateConfig",
+    "GateMLP",
+    "GateRouter",
+    "MixedLoRALinear",
+    "OracleRouter",
+    "RoutedGeneration",
+    "RoutedPrefill",
+    "UniformRouter",
+    "adapter_index",
+    "adapter_tasks",
+    "arrow_prototypes",
+    "attach_mixed",
+    "build_centroid",
+    "build_gate",
+    "check_gate_adapters",
+    "confusion",
+    "decide",
+    "decision_updates",
+    "detach_mixed",
+    "encode_prompts",
+    "evaluate_routing",
+    "feature_layer",
+    "fused",
+    "generate_many",
+    "generate_routed",
+    "labelled_prompts",
+    "load_adapters",
+    "load_gate",
+    "load_gate_router",
+    "mean_pool",
+    "mixed_forward",
+    "plot_confusion",
+    "plot_weights",
+    "prompt_features",
+    "route_prompts",
+    "run_lower",
+    "run_upper",
+    "save_gate",
+    "set_routes",
+    "top_right_singular",
+    "train_gate",
+    "training_features",
+]

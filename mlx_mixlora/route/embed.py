@@ -1,0 +1,135 @@
+"""Prompt embeddings from the frozen base, with the prefill's KV cache kept for reuse.
+
+The routing feature is the mean (over real tokens) of the hidden state after the
+first `layer` decoder layers (`layer=0`: the token embeddings). Layers below
+`layer` see no adapter when every adapter sits at layers >= `layer`, so their
+KV cache from the routing pass *is* the adapted model's cache: the prefill
+continues from layer `layer` with the chosen adapter and routing costs no
+second pass over the lower layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.models.base import create_attention_mask
+from mlx_lm.models.cache import make_prompt_cache
+
+from ..errors import MixloraError
+
+
+def _inner(model: Any) -> Any:
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "embed_tokens"):
+        raise MixloraError("routing needs an mlx-lm decoder model (model.model.layers)")
+    return inner
+
+
+def num_layers(model: Any) -> int:
+    return len(_inner(model).layers)
+
+
+def check_layer(model: Any, layer: int) -> int:
+    n = num_layers(model)
+    if not 0 <= int(layer) <= n:
+        raise MixloraError(f"embedding layer {layer} is outside 0..{n} (the model has {n} layers)")
+    return int(layer)
+
+
+def run_lower(model: Any, tokens: mx.array, layer: int, cache: list | None = None) -> mx.array:
+    """Hidden states [B, T, D] after decoder layers 0..layer-1 (filling `cache[:layer]`)."""
+    inner = _inner(model)
+    h = inner.embed_tokens(tokens)
+    for i in range(layer):
+        c = cache[i] if cache is not None else None
+        h = inner.layers[i](h, create_attention_mask(h, c), cache=c)
+    return h
+
+
+def run_upper(
+    model: Any, h: mx.array, layer: int, cache: list | None = None, logits: bool = True
+) -> mx.array:
+    """Logits (or final hidden states) from states entering decoder layer `layer`."""
+    inner = _inner(model)
+    for i in range(layer, len(inner.layers)):
+        c = cache[i] if cache is not None else None
+        h = inner.layers[i](h, create_attention_mask(h, c), cache=c)
+    if not logits:
+        return h
+    h = inner.norm(h)
+    if getattr(model.args, "tie_word_embeddings", False):
+        return inner.embed_tokens.as_linear(h)
+    return model.lm_head(h)
+
+
+def mean_pool(h: mx.array, lengths: Sequence[int]) -> mx.array:
+    """Mean over the first `lengths[b]` positions of each row (right padding masked out)."""
+    t = h.shape[1]
+    mask = (mx.arange(t)[None, :] < mx.array(list(lengths))[:, None]).astype(mx.float32)
+    s = (h.astype(mx.float32) * mask[..., None]).sum(axis=1)
+    return s / mask.sum(axis=1, keepdims=True)
+
+
+def prompt_features(
+    model: Any, token_lists: Sequence[Sequence[int]], layer: int, batch_size: int = 16
+) -> np.ndarray:
+    """Pooled layer-`layer` features [N, D] for many prompts, batched with right padding.
+
+    Causal attention means padding after a prompt never changes its real
+    tokens' states, so batching gives the same features as one prompt at a time.
+    """
+    check_layer(model, layer)
+    if any(len(t) == 0 for t in token_lists):
+        raise MixloraError("cannot embed an empty prompt")
+    order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
+    out = np.zeros((len(token_lists), model.args.hidden_size), dtype=np.float32)
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        lens = [len(token_lists[i]) for i in idx]
+        t = max(lens)
+        batch = mx.array([list(token_lists[i]) + [0] * (t - len(token_lists[i])) for i in idx])
+        f = mean_pool(run_lower(model, batch, layer), lens)
+        out[idx] = np.array(f)
+    return out
+
+
+class RoutedPrefill:
+    """One prompt's routing pass whose KV cache the generation then continues.
+
+    `embed()` runs layers < `layer` over the whole prompt and returns the pooled
+    feature. After the adapter is chosen (and fused or attached),
+    `continue_prefill()` runs layers >= `layer` over all but the last token from
+    the kept hidden states, and trims the lower caches to match, so mlx-lm's
+    generator receives only the last token and a cache holding the rest.
+    """
+
+    def __init__(self, model: Any, tokens: Sequence[int], layer: int):
+        if len(tokens) == 0:
+            raise MixloraError("cannot route an empty prompt")
+        self.model = model
+        self.tokens = list(tokens)
+        self.layer = check_layer(model, layer)
+        self.cache = make_prompt_cache(model)
+        self._h: mx.array | None = None
+
+    def embed(self) -> np.ndarray:
+        h = run_lower(self.model, mx.array([self.tokens]), self.layer, self.cache)
+        f = mean_pool(h, [len(self.tokens)])
+        mx.eval(h, f, [c.state for c in self.cache[: self.layer]])
+        self._h = h
+        return np.array(f[0])
+
+    def continue_prefill(self) -> mx.array:
+        """Finish the prefill of tokens[:-1]; returns the last token to hand to the generator."""
+        if self._h is None:
+            raise MixloraError("continue_prefill() needs embed() first")
+        for c in self.cache[: self.layer]:
+            c.trim(1)
+        if len(self.tokens) > 1:
+            run_upper(self.model, self._h[:, :-1], self.layer, self.cache, logits=False)
+            mx.eval([c.state for c in self.cache])
+        self._h = None
+        return mx.array(self.tokens[-1:])

@@ -1,0 +1,141 @@
+"""Single-prompt execution: fuse the routed adapter(s) into the base, generate, restore.
+
+The chosen adapters become one factor pair per module, B' = [w₁s₁B₁ | w₂s₂B₂ …]
+and A' = [A₁; A₂; …], fused with the merging package's `fuse_deltas` (one
+`addmm` per weight). Decoding then runs at base speed with mlx-lm's KV cache and
+sampler, and `restore` puts the original weight arrays back, bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlx.core as mx
+
+from ..merge import fuse_deltas, restore
+from .adapters import Adapter
+from .embed import RoutedPrefill
+from .routers import Decision, FeatureRouter, decide
+
+
+def decision_updates(
+    adapters: list[Adapter], decision: Decision
+) -> dict[str, tuple[mx.array, mx.array]]:
+    """{module path: (B', A')} with B'·A' = Σ wᵢ·ΔWᵢ over the decision's adapters."""
+    parts: dict[str, list[tuple[mx.array, mx.array]]] = {}
+    for i, w in zip(decision.indices, decision.weights, strict=True):
+        if w == 0:
+            continue
+        for p in adapters[i].module_paths():
+            parts.setdefault(p, []).append(adapters[i].factors(p, w))
+    return {
+        p: (mx.concatenate([b for b, _ in fs], axis=1), mx.concatenate([a for _, a in fs], axis=0))
+        for p, fs in parts.items()
+    }
+
+
+@contextlib.contextmanager
+def fused(model: Any, adapters: list[Adapter], decision: Decision) -> Iterator[dict]:
+    """Within the block the model computes with the decision's adapters fused in."""
+    handle = fuse_deltas(model, decision_updates(adapters, decision)) if decision.indices else {}
+    try:
+        yield handle
+    finally:
+        restore(model, handle)
+
+
+@dataclass
+class RoutedGeneration:
+    decision: Decision
+    text: str
+    tokens: list[int] = field(default_factory=list)
+    reused_layers: int = 0
+
+
+def generate_routed(
+    model: Any,
+    tokenizer: Any,
+    adapters: list[Adapter],
+    router: Any,
+    prompt: str,
+    mode: str = "top1",
+    top_k: int = 2,
+    threshold: float = 0.5,
+    max_tokens: int = 32,
+    sampler: Any = None,
+    decision: Decision | None = None,
+) -> RoutedGeneration:
+    """Route one prompt, generate with the chosen adapter(s) fused in, restore the base.
+
+    With a feature router whose layer L is at or below every adapter's lowest
+    layer, the routing pass's KV cache for layers < L is reused by the prefill.
+    """
+    from mlx_lm.generate import stream_generate
+
+    tokens = list(tokenizer.encode(prompt))
+    prefill = None
+    if decision is None:
+        if isinstance(router, FeatureRouter):
+            prefill = RoutedPrefill(model, tokens, router.layer)
+            probs = router.probs_from_features(prefill.embed()[None])
+        else:
+            probs = router.probs(model, [tokens])
+        decision = decide(probs, mode, top_k=top_k, threshold=threshold)[0]
+    lowest = min((min(adapters[i].config.layers) for i in decision.indices), default=10**9)
+    reuse = prefill is not None and prefill.layer <= lowest
+    kw: dict[str, Any] = {"max_tokens": max_tokens}
+    if sampler is not None:
+        kw["sampler"] = sampler
+    with fused(model, adapters, decision):
+        if reuse:
+            last = prefill.continue_prefill()
+            kw["prompt_cache"] = prefill.cache
+            stream = stream_generate(model, tokenizer, last, **kw)
+        else:
+            stream = stream_generate(model, tokenizer, mx.array(tokens), **kw)
+        out, text = [], []
+        for r in stream:
+            out.append(int(r.token))
+            text.append(r.text)
+    return RoutedGeneration(decision, "".join(text), out, prefill.layer if reuse else 0)
+
+
+def generate_many(
+    model: Any,
+    tokenizer: Any,
+    adapters: list[Adapter],
+    router: Any,
+    prompts: Sequence[str],
+    mode: str = "top1",
+    top_k: int = 2,
+    threshold: float = 0.5,
+    max_tokens: int = 32,
+    sampler: Any = None,
+) -> list[RoutedGeneration]:
+    """Route all prompts in one batched pass, then fuse once per distinct decision and
+    generate that group's prompts (one fuse + restore per group, not per prompt)."""
+    from mlx_lm.generate import stream_generate
+
+    from .routers import encode_prompts
+
+    token_lists = encode_prompts(tokenizer, prompts)
+    decisions = decide(router.probs(model, token_lists), mode, top_k=top_k, threshold=threshold)
+    groups: dict[tuple, list[int]] = {}
+    for i, d in enumerate(decisions):
+        groups.setdefault((tuple(d.indices), tuple(round(w, 6) for w in d.weights)), []).append(i)
+    kw: dict[str, Any] = {"max_tokens": max_tokens}
+    if sampler is not None:
+        kw["sampler"] = sampler
+    out: list[RoutedGeneration | None] = [None] * len(prompts)
+    for members in groups.values():
+        with fused(model, adapters, decisions[members[0]]):
+            for i in members:
+                toks, text = [], []
+                for r in stream_generate(model, tokenizer, mx.array(token_lists[i]), **kw):
+                    toks.append(int(r.token))
+                    text.append(r.text)
+                out[i] = RoutedGeneration(decisions[i], "".join(text), toks)
+    return out  # type: ignore[return-value]

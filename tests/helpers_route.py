@@ -1,0 +1,90 @@
+"""Fixtures for routing tests: a tiny Llama, a char-level tokenizer dir, random adapters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx_mixlora  # noqa: F401  (BLAS preload before mlx.core)
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+from mlx_lm.models import llama
+
+from mlx_mixlora.adapter_format import AdapterConfig, module_path, save_adapter
+
+CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;?!/()'\"\n-"
+TASKS = ("classification", "qa", "summarization", "sentiment")
+
+
+def tiny_model(seed: int = 0, layers: int = 2, vocab: int = 96) -> llama.Model:
+    mx.random.seed(seed)
+    model = llama.Model(
+        llama.ModelArgs(
+            model_type="llama", hidden_size=64, num_hidden_layers=layers, intermediate_size=128,
+            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=vocab,
+            tie_word_embeddings=False,
+        )
+    )
+    mx.eval(model.parameters())
+    return model
+
+
+def params(model) -> dict[str, np.ndarray]:
+    return {k: np.array(v) for k, v in tree_flatten(model.parameters())}
+
+
+def random_adapter(
+    model, seed: int, layers=(0, 1), targets=("q_proj", "v_proj", "down_proj"), rank: int = 4,
+    alpha: float = 8.0, task: str | None = None, name: str | None = None, scale: float = 0.2,
+) -> tuple[AdapterConfig, dict[str, mx.array]]:
+    """An adapter with random A and B (B nonzero, so it changes the model)."""
+    rng = np.random.default_rng(seed)
+    cfg = AdapterConfig(rank=rank, alpha=alpha, targets=list(targets), layers=list(layers), task=task, name=name)
+    w = {}
+    for layer in layers:
+        for t in targets:
+            p = module_path(layer, t)
+            out_dims, in_dims = _get(model, p).weight.shape
+            w[f"{p}.lora_a"] = mx.array(rng.normal(0, scale, (rank, in_dims)).astype(np.float32))
+            w[f"{p}.lora_b"] = mx.array(rng.normal(0, scale, (out_dims, rank)).astype(np.float32))
+    return cfg, w
+
+
+def _get(model, path):
+    obj = model
+    for part in path.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+def save_random_adapters(root: Path, model, n: int = 4, **kw) -> list[Path]:
+    dirs = []
+    for i in range(n):
+        cfg, w = random_adapter(model, seed=100 + i, task=TASKS[i % 4], name=f"ad{i}", **kw)
+        dirs.append(save_adapter(Path(root) / f"ad{i}", cfg, w))
+    return dirs
+
+
+def save_model_dir(path: Path, model) -> Path:
+    """An MLX model dir with a char-level HF tokenizer (one token per character)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = {k: v for k, v in vars(model.args).items() if v is not None and not k.startswith("_")}
+    (path / "config.json").write_text(json.dumps(cfg))
+    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: 3 + i for i, c in enumerate(CHARS)}}
+    assert len(vocab) <= model.args.vocab_size
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    fast.save_pretrained(str(path))
+    return path
