@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlx_mixlora  # noqa: F401  (BLAS preload before mlx.core)
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.models import llama
 
+import mlx_mixlora  # noqa: F401  (BLAS preload before mlx.core)
 from mlx_mixlora.adapter_format import AdapterConfig, module_path, save_adapter
 
 CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;?!/()'\"\n-"
@@ -21,8 +21,14 @@ def tiny_model(seed: int = 0, layers: int = 2, vocab: int = 96) -> llama.Model:
     mx.random.seed(seed)
     model = llama.Model(
         llama.ModelArgs(
-            model_type="llama", hidden_size=64, num_hidden_layers=layers, intermediate_size=128,
-            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, vocab_size=vocab,
+            model_type="llama",
+            hidden_size=64,
+            num_hidden_layers=layers,
+            intermediate_size=128,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rms_norm_eps=1e-5,
+            vocab_size=vocab,
             tie_word_embeddings=False,
         )
     )
@@ -35,12 +41,21 @@ def params(model) -> dict[str, np.ndarray]:
 
 
 def random_adapter(
-    model, seed: int, layers=(0, 1), targets=("q_proj", "v_proj", "down_proj"), rank: int = 4,
-    alpha: float = 8.0, task: str | None = None, name: str | None = None, scale: float = 0.2,
+    model,
+    seed: int,
+    layers=(0, 1),
+    targets=("q_proj", "v_proj", "down_proj"),
+    rank: int = 4,
+    alpha: float = 8.0,
+    task: str | None = None,
+    name: str | None = None,
+    scale: float = 0.2,
 ) -> tuple[AdapterConfig, dict[str, mx.array]]:
     """An adapter with random A and B (B nonzero, so it changes the model)."""
     rng = np.random.default_rng(seed)
-    cfg = AdapterConfig(rank=rank, alpha=alpha, targets=list(targets), layers=list(layers), task=task, name=name)
+    cfg = AdapterConfig(
+        rank=rank, alpha=alpha, targets=list(targets), layers=list(layers), task=task, name=name
+    )
     w = {}
     for layer in layers:
         for t in targets:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-import mlx_mixlora  # noqa: F401
 import numpy as np
 import pytest
 from helpers_route import save_random_adapters, tiny_model
 
+import mlx_mixlora  # noqa: F401
 from mlx_mixlora.errors import MixloraError
 from mlx_mixlora.route import (
     GateConfig,
@@ -64,7 +64,9 @@ def test_decide_modes():
 
 
 def _config(adapters, layer=0):
-    return GateConfig(layer=layer, hidden_size=16, gate_hidden=32, adapters=[a.identity() for a in adapters])
+    return GateConfig(
+        layer=layer, hidden_size=16, gate_hidden=32, adapters=[a.identity() for a in adapters]
+    )
 
 
 def test_save_load_roundtrip_and_adapter_identity(tmp_path):
@@ -74,7 +76,10 @@ def test_save_load_roundtrip_and_adapter_identity(tmp_path):
     x, y = _clusters()
     gate, _ = train_gate(x, y, 3, hidden=32, steps=50)
     save_gate(tmp_path / "gate", gate, _config(adapters))
-    assert sorted(p.name for p in (tmp_path / "gate").iterdir()) == ["gate.json", "gate.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "gate").iterdir()) == [
+        "gate.json",
+        "gate.safetensors",
+    ]
     router = load_gate_router(tmp_path / "gate", adapters)
     np.testing.assert_array_equal(router.gate.probs(x), gate.probs(x))
     # another order, another set, or same names with other weights: refused

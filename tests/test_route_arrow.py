@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import mlx_mixlora  # noqa: F401
 import mlx.core as mx
 import numpy as np
 import pytest
 from helpers_route import tiny_model
 
+import mlx_mixlora  # noqa: F401
 from mlx_mixlora.adapter_format import AdapterConfig, module_path
 from mlx_mixlora.route import Adapter, ArrowRouter, top_right_singular
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import mlx_mixlora  # noqa: F401
 import mlx.core as mx
 import numpy as np
 import pytest
 from helpers_route import random_adapter, tiny_model
 
+import mlx_mixlora  # noqa: F401
 from mlx_mixlora.errors import MixloraError
 from mlx_mixlora.lora import attach_lora, detach_lora
 from mlx_mixlora.route import RoutedPrefill, prompt_features, run_lower

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import mlx_mixlora  # noqa: F401
 import mlx.core as mx
 import numpy as np
 import pytest
 from helpers_route import params, save_model_dir, save_random_adapters, tiny_model
 
+import mlx_mixlora  # noqa: F401
 from mlx_mixlora.lora import attach_lora, detach_lora
 from mlx_mixlora.route import (
     Decision,
@@ -68,7 +68,13 @@ def test_topk_decision_fuses_the_weighted_sum(tmp_path):
     d = Decision([2, 0], [0.7, 0.3], [])
     upd = decision_updates(ads, d)
     for p, (b, a) in upd.items():
-        want = sum(w * ads[i].config.scale_of(p) * np.array(ads[i].weights[f"{p}.lora_b"]) @ np.array(ads[i].weights[f"{p}.lora_a"]) for i, w in zip([2, 0], [0.7, 0.3], strict=True))
+        want = sum(
+            w
+            * ads[i].config.scale_of(p)
+            * np.array(ads[i].weights[f"{p}.lora_b"])
+            @ np.array(ads[i].weights[f"{p}.lora_a"])
+            for i, w in zip([2, 0], [0.7, 0.3], strict=True)
+        )
         np.testing.assert_allclose(np.array(b @ a), want, atol=1e-5)
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import mlx_mixlora  # noqa: F401
 import mlx.core as mx
 import numpy as np
 import pytest
 from helpers_route import params, random_adapter, tiny_model
 
+import mlx_mixlora  # noqa: F401
 from mlx_mixlora.adapter_format import save_adapter
 from mlx_mixlora.errors import MixloraError
 from mlx_mixlora.lora import attach_lora, detach_lora

@@ -22,6 +22,9 @@ COMMANDS: dict[str, str] = {
     "import": "import_cmd:import_",
     "merge": "merge_cmd:merge",
     "train": "train_cmd:train",
+    "gate": "gate_cmd:gate",
+    "generate": "generate_cmd:generate",
+    "route": "route_cmd:route",
 }
 
 

@@ -31,6 +31,9 @@ Python API (what the demo report uses)::
     logits = R.mixed_forward(model, token_lists, indices) # row b uses adapter indices[b]
     R.detach_mixed(model)
 
+    R.score_routed(model, tok, task, examples, gate, adapters, label=i)  # task metrics, routed
+
+CLI: ``mixlora gate train``, ``mixlora generate``, ``mixlora route eval``.
 The single-prompt path reuses the routing pass's KV cache for layers < L when
 every chosen adapter sits at layers >= L (see `embed.RoutedPrefill`).
 """
@@ -62,6 +65,8 @@ from .routers import (
     feature_layer,
     route_prompts,
 )
+from .score import score_routed
+from .session import Setup, load_setup, make_router
 
 
 def load_gate_router(gate_dir, adapters: list[Adapter]) -> GateRouter:
@@ -111,6 +116,10 @@ __all__ = [
     "plot_weights",
     "prompt_features",
     "route_prompts",
+    "score_routed",
+    "Setup",
+    "load_setup",
+    "make_router",
     "run_lower",
     "run_upper",
     "save_gate",

@@ -111,7 +111,10 @@ def plot_weights(
 ) -> Path:
     """Stacked bars of the router's weights per prompt: seed 003's adapter contributions."""
     plt = _pyplot()
-    p = np.asarray(result["probs"])[:max_prompts]
+    p = np.asarray(result["probs"])
+    p = p[
+        np.unique(np.linspace(0, len(p) - 1, min(max_prompts, len(p))).astype(int))
+    ]  # spread over tasks
     fig, ax = plt.subplots(figsize=(max(6, 0.12 * len(p) + 2), 3.5))
     bottom = np.zeros(len(p))
     for j, name in enumerate(names):

@@ -1,0 +1,134 @@
+"""`mixlora route eval`: routing accuracy, confusion matrices and per-prompt weight plots."""
+
+from __future__ import annotations
+
+import click
+
+from .gate_cmd import GreedyCommand, split_list
+
+ROUTERS = ("gate", "arrow", "centroid", "uniform", "oracle")
+
+
+@click.group()
+def route() -> None:
+    """Evaluate prompt routing."""
+
+
+@route.command("eval", cls=GreedyCommand)
+@click.option("--model", "model_dir", required=True, type=click.Path(), help="MLX model directory.")
+@click.option("--adapters", multiple=True, required=True, help="Adapter directories.")
+@click.option("--gate", "gate_dir", type=click.Path(), help="Gate directory (for the gate router).")
+@click.option(
+    "--routers",
+    default=None,
+    help="Comma list of gate,arrow,centroid,uniform,oracle [gate if --gate, arrow, centroid].",
+)
+@click.option("--tasks", help="Comma list: the task of each adapter (default: each config's task).")
+@click.option(
+    "--data", default="synthetic", show_default=True, help="synthetic, hub, or a data path."
+)
+@click.option(
+    "--split", type=click.Choice(["validation", "test"]), default="test", show_default=True
+)
+@click.option(
+    "--n", "n_per_task", type=int, default=100, show_default=True, help="Prompts per task."
+)
+@click.option(
+    "--n-train",
+    type=int,
+    default=200,
+    show_default=True,
+    help="Centroid: training prompts per task.",
+)
+@click.option(
+    "--layer", type=int, default=None, help="Centroid embedding layer [the gate's, else default]."
+)
+@click.option("--plots/--no-plots", default=True, show_default=True)
+@click.option("-o", "--out", "out", required=True, type=click.Path(), help="Output directory.")
+@click.option("--overwrite", is_flag=True)
+def eval_(
+    model_dir,
+    adapters,
+    gate_dir,
+    routers,
+    tasks,
+    data,
+    split,
+    n_per_task,
+    n_train,
+    layer,
+    plots,
+    out,
+    overwrite,
+) -> None:
+    """Route held-out task prompts with each router; write routing.json (+ plots) to OUT."""
+    from pathlib import Path
+
+    import mlx_mixlora  # noqa: F401
+
+    from ..errors import MixloraError
+    from ..io import atomic_dir, write_json
+    from ..route import (
+        adapter_tasks,
+        evaluate_routing,
+        labelled_prompts,
+        plot_confusion,
+        plot_weights,
+    )
+    from ..route.session import load_setup, make_router
+
+    if Path(out).exists() and not overwrite:
+        raise MixloraError(
+            f"output path {out} already exists (choose another path or pass --overwrite)"
+        )
+    kinds = split_list(routers) or (["gate"] if gate_dir else []) + ["arrow", "centroid"]
+    bad = [k for k in kinds if k not in ROUTERS]
+    if bad:
+        raise MixloraError(f"unknown router {bad[0]!r}; use {', '.join(ROUTERS)}")
+    if n_per_task < 1:
+        raise MixloraError("--n must be >= 1")
+    s = load_setup(model_dir, adapters)
+    task_list = adapter_tasks(s.adapters, split_list(tasks))
+    prompts, labels = labelled_prompts(task_list, split, n_per_task, data)
+    built = {}
+    for k in kinds:  # build every router (and fail) before writing anything
+        built[k] = make_router(
+            k,
+            s,
+            gate_dir,
+            layer=layer if layer is not None else _gate_layer(built),
+            tasks=task_list,
+            n_per_task=n_train,
+            data=data,
+        )
+    results = {}
+    for k, r in built.items():
+        results[k] = evaluate_routing(
+            r, s.model, s.tokenizer, prompts, labels, mode="all" if k == "uniform" else "top1"
+        )
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        if plots:
+            for k, res in results.items():
+                plot_confusion(res, s.names, tmp / f"confusion_{k}.png")
+                plot_weights(res, s.names, tmp / f"weights_{k}.png")
+        write_json(
+            tmp / "routing.json",
+            {
+                "adapters": [a.identity() for a in s.adapters],
+                "tasks": task_list,
+                "split": split,
+                "data": data,
+                "n_per_task": n_per_task,
+                "labels": labels,
+                "results": results,
+            },
+        )
+    click.echo(f"{'router':<10} accuracy   (n={len(labels)}, {split} split)")
+    for k, res in results.items():
+        click.echo(f"{k:<10} {res['accuracy']:8.1%}")
+    click.echo(f"wrote {out}")
+
+
+def _gate_layer(built: dict) -> int | None:
+    g = built.get("gate")
+    return g.layer if g is not None else None

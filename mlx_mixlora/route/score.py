@@ -1,0 +1,63 @@
+"""Task scores under routing: route each prompt, then score each routed group fused.
+
+Plugs into `mlx_mixlora.evaluate.score_task`: prompts that got the same decision
+are scored together with that decision fused into the base, and the groups'
+means are combined by count (exact for accuracy and mean ROUGE-L; macro-F1
+is not a mean, so it is left out of routed results).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .adapters import Adapter
+from .fused import fused
+from .routers import decide, encode_prompts
+
+_MEAN_KEYS = ("accuracy_gen", "accuracy_ll", "rouge_l", "score", "chance")
+
+
+def score_routed(
+    model: Any,
+    tokenizer: Any,
+    task: Any,
+    examples: list[dict],
+    router: Any,
+    adapters: list[Adapter],
+    label: int | None = None,
+    mode: str = "top1",
+    top_k: int = 2,
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """`score_task`'s metrics for `task` with every prompt on its routed adapter(s).
+
+    `label` (the index of the task's own adapter) adds the routing accuracy and
+    lets the oracle router work.
+    """
+    from ..evaluate import score_task
+
+    toks = encode_prompts(tokenizer, [e["prompt"] for e in examples])
+    labels: Sequence[int] | None = [label] * len(examples) if label is not None else None
+    decisions = decide(
+        router.probs(model, toks, labels=labels), mode, top_k=top_k, threshold=threshold
+    )
+    groups: dict[tuple, list[int]] = {}
+    for i, d in enumerate(decisions):
+        groups.setdefault((tuple(d.indices), tuple(round(w, 6) for w in d.weights)), []).append(i)
+    total: dict[str, float] = {}
+    for members in groups.values():
+        with fused(model, adapters, decisions[members[0]]):
+            res = score_task(model, tokenizer, task, [examples[i] for i in members])
+        for k in _MEAN_KEYS:
+            if k in res:
+                total[k] = total.get(k, 0.0) + res[k] * len(members)
+    out: dict[str, Any] = {k: v / len(examples) for k, v in total.items()}
+    out["n"] = len(examples)
+    chosen = [d.top1 for d in decisions]
+    out["routed_to"] = {str(a): chosen.count(a) for a in sorted(set(chosen))}
+    if label is not None:
+        out["routing_accuracy"] = float(np.mean(np.asarray(chosen) == label))
+    return out

@@ -1,0 +1,86 @@
+"""`mixlora generate`: single prompt and jsonl batch mode, with the routing shown."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+from helpers_route_cli import gate_dir, routing_dirs  # noqa: F401
+
+import mlx_mixlora  # noqa: F401
+from mlx_mixlora.cli import main
+
+SENTIMENT = "Review: a warm and charming film .\nSentiment (positive or negative):"
+NEWS = "News: The bank sold shares on monday.\nTopic (World, Sports, Business or Sci/Tech):"
+
+
+def test_generate_prints_choice_weights_and_answer(routing_dirs, gate_dir):  # noqa: F811
+    model_dir, ads = routing_dirs
+    r = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            "--model",
+            str(model_dir),
+            "--adapters",
+            *ads,
+            "--gate",
+            str(gate_dir),
+            "--prompt",
+            SENTIMENT,
+            "--max-tokens",
+            "5",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    first, *rest = r.output.splitlines()
+    assert first.startswith("adapter: ad3  (gate weights: ad0=")
+    weights = [float(x.split("=")[1].rstrip(")")) for x in first.split("weights: ")[1].split(", ")]
+    assert abs(sum(weights) - 1) < 2e-3 and max(weights) == weights[3]
+    assert rest and rest[0].strip()
+
+
+def test_generate_batch_jsonl(routing_dirs, gate_dir, tmp_path):  # noqa: F811
+    model_dir, ads = routing_dirs
+    src = tmp_path / "p.jsonl"
+    src.write_text(
+        json.dumps({"prompt": NEWS, "id": 1}) + "\n" + json.dumps({"prompt": SENTIMENT}) + "\n"
+    )
+    out = tmp_path / "out.jsonl"
+    r = CliRunner().invoke(
+        main,
+        [
+            "generate",
+            "--model",
+            str(model_dir),
+            "--adapters",
+            *ads,
+            "--gate",
+            str(gate_dir),
+            "--jsonl",
+            str(src),
+            "-o",
+            str(out),
+            "--max-tokens",
+            "3",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["adapter"] for x in rows] == ["ad0", "ad3"]
+    assert rows[0]["id"] == 1 and isinstance(rows[1]["generation"], str)
+
+
+def test_generate_errors(routing_dirs, gate_dir, tmp_path):  # noqa: F811
+    model_dir, ads = routing_dirs
+    base = ["generate", "--model", str(model_dir), "--adapters", *ads]
+    r = CliRunner().invoke(main, [*base, "--gate", str(gate_dir)])
+    assert r.exit_code == 1 and "exactly one of --prompt or --jsonl" in r.output
+    r = CliRunner().invoke(main, [*base[:-1], "--gate", str(gate_dir), "--prompt", "x"])
+    assert r.exit_code == 1 and "trained for adapters" in r.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no prompt"}\n')
+    r = CliRunner().invoke(main, [*base, "--router", "arrow", "--jsonl", str(bad)])
+    assert r.exit_code == 1 and "has no non-empty 'prompt'" in r.output
+    r = CliRunner().invoke(main, [*base, "--router", "gate", "--prompt", "x"])
+    assert r.exit_code == 1 and "needs --gate" in r.output

@@ -1,0 +1,87 @@
+"""`mixlora route eval`: accuracy table, routing.json and plots, written atomically."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+from helpers_route_cli import gate_dir, routing_dirs  # noqa: F401
+
+import mlx_mixlora  # noqa: F401
+from mlx_mixlora.cli import main
+
+
+def test_route_eval_writes_accuracy_confusion_and_plots(routing_dirs, gate_dir, tmp_path):  # noqa: F811
+    model_dir, ads = routing_dirs
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(
+        main,
+        [
+            "route",
+            "eval",
+            "--model",
+            str(model_dir),
+            "--adapters",
+            *ads,
+            "--gate",
+            str(gate_dir),
+            "--routers",
+            "gate,centroid,oracle,uniform",
+            "--n",
+            "25",
+            "--n-train",
+            "80",
+            "-o",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "routing.json").read_text())
+    res = rep["results"]
+    assert res["gate"]["accuracy"] >= 0.99 and res["oracle"]["accuracy"] == 1.0
+    assert res["centroid"]["accuracy"] >= 0.9
+    conf = res["gate"]["confusion"]
+    assert len(conf) == 4 and len(conf[0]) == 5 and sum(map(sum, conf)) == 100
+    assert sum(conf[i][i] for i in range(4)) == round(100 * res["gate"]["accuracy"])
+    for k in ("gate", "centroid", "oracle", "uniform"):
+        assert (out / f"confusion_{k}.png").stat().st_size > 1000
+        assert (out / f"weights_{k}.png").stat().st_size > 1000
+    assert "gate" in r.output and "%" in r.output
+
+
+def test_route_eval_refuses_unknown_router_without_output(routing_dirs, tmp_path):  # noqa: F811
+    model_dir, ads = routing_dirs
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(
+        main,
+        [
+            "route",
+            "eval",
+            "--model",
+            str(model_dir),
+            "--adapters",
+            *ads,
+            "--routers",
+            "magic",
+            "-o",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 1 and "unknown router 'magic'" in r.output
+    r = CliRunner().invoke(
+        main,
+        [
+            "route",
+            "eval",
+            "--model",
+            str(model_dir),
+            "--adapters",
+            *ads,
+            "--routers",
+            "gate",
+            "-o",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 1 and "needs --gate" in r.output
+    assert not out.exists()
