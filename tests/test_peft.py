@@ -315,3 +315,36 @@ def test_export_refuses_existing_output(base, tmp_path):
     (tmp_path / "peft").mkdir()
     result = cli("export", "peft", adapter, "-o", tmp_path / "peft")
     assert result.exit_code == 1 and "already exists" in result.output
+
+
+def test_trained_adapter_exports_with_parity(base, tmp_path):
+    """The issue's full path: HF model → convert → `mixlora train` → export → PEFT on the original model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    src, mlx_dir = base
+    rows = [
+        {"prompt": f"w{i} w{i + 1} w{i + 2}", "completion": f" w{(i * 7) % 200}"} for i in range(32)
+    ]
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    adapter = tmp_path / "trained"
+    result = cli(
+        "train", "--model", mlx_dir, "--data", data, "--out", adapter, "--iters", "6", "--lr", "5e-2", "--rank", "4",
+        "--batch-size", "4", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    _, weights = load_adapter(adapter)
+    assert any(
+        float(mx.abs(v).max()) > 0 for k, v in weights.items() if k.endswith("lora_b")
+    )  # B moved off zero
+    assert cli("export", "peft", adapter, "-o", tmp_path / "peft").exit_code == 0
+    peft_model = PeftModel.from_pretrained(hf_model(src), str(tmp_path / "peft")).eval()
+    ours = our_logits(mlx_dir, adapter)
+    assert np.abs(ours - torch_logits(hf_model(src))).max() > 1e-4
+    assert np.abs(ours - torch_logits(peft_model)).max() <= 1e-4
+    assert (
+        cli("export", "hf", mlx_dir, "--adapter", adapter, "-o", tmp_path / "full").exit_code == 0
+    )
+    full = AutoModelForCausalLM.from_pretrained(str(tmp_path / "full"), dtype=torch.float32).eval()
+    assert np.abs(ours - torch_logits(full)).max() <= 1e-4
