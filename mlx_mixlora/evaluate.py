@@ -44,6 +44,9 @@ class Method:
     )
     kind: str = "base"
     info: dict = field(default_factory=dict)
+    # Optional own scorer `(model, tokenizer, task, examples) -> metrics` for methods
+    # that change per prompt (routing); `use` still wraps it.
+    score: Callable[[Any, Any, Task, list[dict]], dict] | None = None
 
 
 def base_method(name: str = "base") -> Method:
@@ -253,10 +256,15 @@ def evaluate_matrix(
         scores[method.name] = {}
         for task in tasks:
             bar.set_postfix_str(f"{method.name} on {task.name}")
+            t0 = time.perf_counter()
             with method.use(model, task):
-                scores[method.name][task.name] = score_task(
-                    model, tokenizer, task, eval_sets[task.name]
-                )
+                if method.score is None:
+                    cell = score_task(model, tokenizer, task, eval_sets[task.name])
+                else:
+                    cell = dict(method.score(model, tokenizer, task, eval_sets[task.name]))
+                    cell.setdefault("score", cell[PRIMARY[task.metric]])
+                    cell.setdefault("seconds", round(time.perf_counter() - t0, 2))
+            scores[method.name][task.name] = cell
             bar.update(1)
     bar.close()
     return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -10,6 +11,7 @@ from mlx_mixlora.errors import MixloraError
 from mlx_mixlora.nano import NanoRecipe, build_nano_base, cache_root, cached_path, ensure_nano_base
 from mlx_mixlora.nano.corpus import pretraining_docs
 from mlx_mixlora.tasks import BUILTIN_TASKS
+from mlx_mixlora.tasks.sources import synthetic_rows
 
 TINY = NanoRecipe(
     hidden_size=32,
@@ -42,15 +44,26 @@ def test_cache_dir_resolution(tmp_path, monkeypatch):
     assert a.name.startswith("nano-") and a != b  # any recipe change is a new cache entry
 
 
-def test_corpus_has_no_labels_or_prompts():
-    docs = pretraining_docs(50, seed=0)
-    assert len(docs) == 200
-    text = "\n".join(docs)
+def test_corpus_answers_carry_no_information():
+    """Prompt-formatted docs have answers independent of content: agreement at chance."""
+    from mlx_mixlora.nano.corpus import shuffled_answer_doc
+
+    docs = pretraining_docs(400, seed=0, format_share=0.25)
+    assert len(docs) == 1600
     for task in BUILTIN_TASKS:
         stem = task.template.split("{")[0]
-        assert stem not in text  # "News: ", "Passage: ", ... never appear
-    for word in ("Topic", "Sentiment", "Summary", "Answer"):
-        assert word not in text
+        share = sum(d.startswith(stem) for d in docs) / 400
+        assert 0.15 < share < 0.35, (task.name, share)
+    assert not any(d.startswith("News:") for d in pretraining_docs(100, 0, format_share=0.0))
+    for task in [t for t in BUILTIN_TASKS if t.is_label_task]:
+        rows = synthetic_rows(task, "train", 600, seed=1)
+        rng = random.Random(0)
+        hits = sum(
+            shuffled_answer_doc(task, r, rng, rows).endswith(" " + task.target_text(r))
+            for r in rows
+        )
+        chance = 1 / len(task.label_names)
+        assert abs(hits / len(rows) - chance) < 0.08, (task.name, hits / len(rows))
 
 
 def test_build_loads_like_a_converted_model(cache):

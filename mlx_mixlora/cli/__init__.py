@@ -16,6 +16,8 @@ from ..errors import MixloraError
 
 # name -> "module:attribute" (module relative to this package)
 COMMANDS: dict[str, str] = {
+    "base": "base_cmd:base",
+    "demo": "demo_cmd:demo",
     "doctor": "doctor:doctor",
     "convert": "convert_cmd:convert",
     "export": "export_cmd:export",

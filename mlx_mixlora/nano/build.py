@@ -67,7 +67,7 @@ def build_nano_base(
             f"output path {out_dir} already exists (choose another path or pass --overwrite)"
         )
     t0 = time.perf_counter()
-    docs = pretraining_docs(recipe.corpus_rows_per_task, recipe.seed)
+    docs = pretraining_docs(recipe.corpus_rows_per_task, recipe.seed, recipe.format_share)
     tok = train_bpe(tokenizer_texts(docs), recipe.vocab_size)
     if tok.get_vocab_size() > recipe.vocab_size:
         raise MixloraError(
@@ -123,7 +123,8 @@ def _model_card(recipe: NanoRecipe, stats: dict) -> str:
         "# nano base (mlx-mixlora)\n\n"
         "A small Llama (TinyLlama's architecture: GQA, RoPE, SwiGLU, RMSNorm) pretrained by\n"
         "`mixlora base build` on unlabeled synthetic text, so the whole pipeline runs offline.\n"
-        "It has seen the tasks' texts but never their prompts or labels.\n\n"
+        "Its corpus holds the tasks' texts and, for a share of them, the task prompt with a\n"
+        "random answer: it knows the answer format but not the tasks (near chance).\n\n"
         f"- parameters: {n_params / 1e6:.2f} M\n"
         f"- layers {recipe.num_hidden_layers}, hidden {recipe.hidden_size}, "
         f"{recipe.num_attention_heads} heads / {recipe.num_key_value_heads} KV heads, "

@@ -1,24 +1,46 @@
-"""The nano base's unlabeled pretraining corpus, drawn from the synthetic train split.
+"""The nano base's pretraining corpus, drawn from the synthetic train split.
 
-It holds the texts only (snippets, passages, questions, articles, reviews),
-never a label or a prompt template, so the pretrained base knows the language
-of the tasks but not the tasks: it scores near chance until an adapter teaches it.
+Most documents are plain texts (snippets, passages, questions, articles,
+reviews). A share are the tasks' prompts followed by a *random* answer (a label
+drawn uniformly, or another article's headline), independent of the content.
+The base so learns the answer format and the label words, which an
+attention-only LoRA cannot create from nothing, but not the mapping from content
+to answer: it scores at chance until an adapter teaches it the task.
 """
 
 from __future__ import annotations
 
-from ..tasks import BUILTIN_TASKS
+import random
+
+from ..tasks import BUILTIN_TASKS, Task
 from ..tasks.sources import synthetic_rows
 from ..tasks.synthetic import unlabeled_texts
 
 
-def pretraining_docs(rows_per_task: int, seed: int) -> list[str]:
+def shuffled_answer_doc(task: Task, row: dict, rng: random.Random, pool: list[dict]) -> str:
+    """The task prompt with an answer that carries no information about the row."""
+    if task.is_label_task:
+        answer = rng.choice(task.label_names)
+    else:
+        answer = task.target_text(rng.choice(pool))
+    return f"{task.prompt(row)} {answer}"
+
+
+def pretraining_docs(rows_per_task: int, seed: int, format_share: float = 0.25) -> list[str]:
     """One document per synthetic train row, tasks interleaved deterministically."""
-    per_task = [
-        [" ".join(unlabeled_texts(r)) for r in synthetic_rows(t, "train", rows_per_task, seed)]
-        for t in BUILTIN_TASKS
-        if t.synthetic
-    ]
+    rng = random.Random(f"nano-corpus:{seed}")
+    per_task = []
+    for t in BUILTIN_TASKS:
+        if not t.synthetic:
+            continue
+        rows = synthetic_rows(t, "train", rows_per_task, seed)
+        docs = []
+        for row in rows:
+            if rng.random() < format_share:
+                docs.append(shuffled_answer_doc(t, row, rng, rows))
+            else:
+                docs.append(" ".join(unlabeled_texts(row)))
+        per_task.append(docs)
     return [doc for group in zip(*per_task, strict=True) for doc in group]
 
 

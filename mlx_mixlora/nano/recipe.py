@@ -38,6 +38,7 @@ class NanoRecipe:
     warmup_steps: int = 20
     weight_decay: float = 0.01
     corpus_rows_per_task: int = 6000
+    format_share: float = 0.25
     seed: int = 0
     generator_version: int = GENERATOR_VERSION
 

@@ -1,0 +1,111 @@
+"""report.md from the demo's results: the task × method matrix and how it was made."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def score_table(results: dict) -> str:
+    """Markdown table: one row per method, one column per task (primary score)."""
+    tasks = results["tasks"]
+    metric = results["primary_metric"]
+    head = "| method | " + " | ".join(f"{t} ({metric[t]})" for t in tasks) + " |"
+    lines = [head, "|" + "---|" * (len(tasks) + 1)]
+    for m in results["methods"]:
+        cells = []
+        for t in tasks:
+            s = results["scores"][m["name"]][t]["score"]
+            own = m["name"] == f"adapter:{t}"
+            cells.append(f"**{s:.3f}**" if own else f"{s:.3f}")
+        lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def label_table(results: dict) -> str:
+    """Both ways of scoring label tasks: generation vs label log-likelihood."""
+    tasks = [t for t in results["tasks"] if "accuracy_gen" in results["scores"]["base"][t]]
+    if not tasks:
+        return ""
+    cols = ["accuracy_gen", "macro_f1_gen", "accuracy_ll", "macro_f1_ll"]
+    head = "| method | task | " + " | ".join(cols) + " | chance |"
+    lines = [head, "|" + "---|" * (len(cols) + 3)]
+    for m in results["methods"]:
+        for t in tasks:
+            r = results["scores"][m["name"]][t]
+            vals = " | ".join(_fmt(r[c]) if c in r else "–" for c in cols)
+            lines.append(f"| {m['name']} | {t} | {vals} | {_fmt(r.get('chance', '–'))} |")
+    return "\n".join(lines)
+
+
+def retention_table(results: dict) -> str:
+    ret = results.get("retention") or {}
+    if not ret:
+        return ""
+    tasks = results["tasks"]
+    lines = ["| method | " + " | ".join(tasks) + " | mean |", "|" + "---|" * (len(tasks) + 2)]
+    for name, row in ret.items():
+        vals = [row.get(t) for t in tasks]
+        present = [v for v in vals if v is not None]
+        mean = sum(present) / len(present) if present else float("nan")
+        lines.append(
+            f"| {name} | "
+            + " | ".join("–" if v is None else f"{v:.2f}" for v in vals)
+            + f" | {mean:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def render_report(results: dict, figures: dict[str, str]) -> str:
+    base = results.get("base", {})
+    t = results.get("timings_s", {})
+    parts = [
+        "# mixlora demo report",
+        "",
+        f"Base: `{base.get('name_or_path')}` ({base.get('num_hidden_layers')} layers, hidden "
+        f"{base.get('hidden_size')}); data: `{results.get('data')}`; seed {results.get('seed')}; "
+        f"{results.get('eval_examples')} test examples per task (disjoint from training).",
+        "",
+        "## Task × method",
+        "",
+        "Label tasks: accuracy of the free generation (normalised exact match); summaries: "
+        "ROUGE-L F1. **Bold**: each adapter on its own task. Off-diagonal adapter cells show "
+        "cross-task interference; merge and routing rows show what survives combination.",
+        "",
+        score_table(results),
+        "",
+    ]
+    if "heatmap" in figures:
+        parts += [f"![task × method heatmap]({figures['heatmap']})", ""]
+    ret = retention_table(results)
+    if ret:
+        parts += ["## Retention (score ÷ the task's own adapter)", "", ret, ""]
+        if "retention" in figures:
+            parts += [f"![retention]({figures['retention']})", ""]
+    lt = label_table(results)
+    if lt:
+        parts += [
+            "## Label tasks scored two ways",
+            "",
+            "`_gen`: greedy generation, normalised exact match. `_ll`: label scoring — the "
+            "log-likelihood of each allowed label (plus end of sequence) after the prompt; the "
+            "best one is the prediction, so the answer is always a valid label (output-head "
+            "isolation). `chance`: the majority-label share.",
+            "",
+            lt,
+            "",
+        ]
+    parts += [
+        "## Timings (seconds)",
+        "",
+        "| stage | s |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in t.items()],
+        "",
+        f"Training options: `{results.get('train_options')}`",
+        "",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,149 @@
+"""`mixlora demo` end to end on a tiny nano base: files, matrix, reproducibility, atomicity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlx_mixlora.cli import main
+from mlx_mixlora.demo import (
+    HUB_EXAMPLES,
+    HUB_TRAIN,
+    NANO_EXAMPLES,
+    NANO_TRAIN,
+    DemoConfig,
+    run_demo,
+)
+from mlx_mixlora.errors import MixloraError
+from mlx_mixlora.nano import NanoRecipe, build_nano_base
+from mlx_mixlora.tasks.recipes import load_adapter_recipe
+
+ADAPTERS = Path(__file__).resolve().parents[1] / "adapters"
+TINY = NanoRecipe(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    vocab_size=512,
+    seq_len=32,
+    batch_size=4,
+    steps=4,
+    warmup_steps=1,
+    corpus_rows_per_task=100,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    return build_nano_base(tmp_path_factory.mktemp("base") / "nano", TINY, progress=False)
+
+
+def _cfg(base, out, **kw):
+    opts = dict(
+        out=out,
+        model=str(base),
+        tasks=["sentiment", "qa"],
+        eval_examples=6,
+        train_examples=16,
+        iters=2,
+        routing=False,
+        progress=False,
+    )
+    opts.update(kw)
+    return DemoConfig(**opts)
+
+
+def test_demo_writes_report_matrix_and_plots_reproducibly(tiny_base, tmp_path):
+    res = run_demo(_cfg(tiny_base, tmp_path / "a"))
+    out = tmp_path / "a"
+    assert {p.name for p in out.iterdir()} >= {
+        "report.md",
+        "results.json",
+        "heatmap.png",
+        "retention.png",
+        "adapters",
+        "merged",
+    }
+    assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((out / "results.json").read_text())
+    names = [m["name"] for m in saved["methods"]]
+    assert names[:3] == ["base", "adapter:sentiment", "adapter:qa"]
+    assert any(n.startswith("merge:") for n in names)
+    for m in names:
+        assert set(saved["scores"][m]) == {"sentiment", "qa"}
+        for cell in saved["scores"][m].values():
+            assert 0.0 <= cell["score"] <= 1.0 and cell["n"] == 6
+    assert set(saved["retention"]) == {n for n in names if n.startswith("merge:")}
+    # adapters recorded with their final location, loadable from there
+    ad = next(m for m in saved["methods"] if m["name"] == "adapter:qa")
+    assert Path(ad["adapter"]).is_dir() and Path(ad["adapter"]).parent.parent == out
+    report = (out / "report.md").read_text()
+    assert "| adapter:qa |" in report and "![task × method heatmap](heatmap.png)" in report
+    assert saved["train_options"]["iters"] == 2 and saved["train"]["qa"]["examples"] == 16
+
+    again = run_demo(_cfg(tiny_base, tmp_path / "b"))
+
+    def strip(r):
+        return {
+            m: {t: {k: v for k, v in c.items() if k != "seconds"} for t, c in row.items()}
+            for m, row in r["scores"].items()
+        }
+
+    assert strip(again) == strip(res)
+
+
+def test_demo_failure_leaves_no_output(tiny_base, tmp_path):
+    with pytest.raises(MixloraError, match="data path not found"):
+        run_demo(_cfg(tiny_base, tmp_path / "x", data=str(tmp_path / "missing")))
+    assert not (tmp_path / "x").exists()
+    (tmp_path / "y").mkdir()
+    with pytest.raises(MixloraError, match="already exists"):
+        run_demo(_cfg(tiny_base, tmp_path / "y"))
+
+
+def test_demo_cli_prints_the_table(tiny_base, tmp_path):
+    r = CliRunner().invoke(
+        main,
+        [
+            "demo",
+            "--model",
+            str(tiny_base),
+            "--out",
+            str(tmp_path / "c"),
+            "--tasks",
+            "sentiment",
+            "--eval-examples",
+            "4",
+            "--train-examples",
+            "8",
+            "--iters",
+            "1",
+            "--no-merge",
+            "--no-route",
+            "--no-plots",
+            "-q",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "| adapter:sentiment |" in r.output and (tmp_path / "c" / "report.md").is_file()
+    assert not (tmp_path / "c" / "heatmap.png").exists()
+    bad = CliRunner().invoke(
+        main, ["demo", "--model", "not-a-dir", "--out", str(tmp_path / "d"), "-q"]
+    )
+    assert bad.exit_code == 1 and "error: --model 'not-a-dir'" in bad.output
+
+
+@pytest.mark.parametrize("task", ["classification", "qa", "summarization", "sentiment"])
+def test_adapter_recipes_match_the_demo_defaults(task):
+    nano = load_adapter_recipe(ADAPTERS / f"{task}.nano.yaml")
+    assert (nano.task, nano.model, nano.source) == (task, "nano", "synthetic")
+    assert nano.train == NANO_TRAIN and nano.examples == NANO_EXAMPLES
+    hub = load_adapter_recipe(ADAPTERS / f"{task}.tinyllama.yaml")
+    assert hub.source == "hub" and hub.model.startswith("TinyLlama/")
+    assert hub.train == HUB_TRAIN and hub.examples == HUB_EXAMPLES == 200
+    cfg = hub.train_config()
+    assert (cfg.rank, cfg.epochs, cfg.targets) == (8, 1, ["q_proj", "k_proj", "v_proj", "o_proj"])
