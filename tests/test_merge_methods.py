@@ -179,7 +179,7 @@ def test_dare_seeded_masks_are_reproducible_and_drop_p(three):
 )
 def test_dense_methods_compress_by_randomized_svd(three, method, kw):
     dense = merge_adapters(three, method, output="deltas", **kw)
-    low = merge_adapters(three, method, rank=6, power_iters=3, **kw)
+    low = merge_adapters(three, method, rank=6, **kw)
     for p in _all_paths(three):
         d = np.array(dense.deltas[p], dtype=np.float64)
         got = np.array(low.delta(p), dtype=np.float64)
@@ -187,7 +187,7 @@ def test_dense_methods_compress_by_randomized_svd(three, method, kw):
         s = np.linalg.svd(d, compute_uv=False)
         best = np.sqrt((s[6:] ** 2).sum() / (s**2).sum())
         assert abs(low.errors[p] - err) < 1e-4  # the reported error is the real one
-        assert err <= best * 1.05 + 1e-6  # near-optimal
+        assert err <= best * (1 + 1e-4) + 1e-6  # optimal to ~1e-4 with the default iterations
     assert low.config.rank == 6
 
 

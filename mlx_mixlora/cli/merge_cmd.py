@@ -31,8 +31,8 @@ from ..merge.methods import METHODS
     show_default=True,
     help="TIES sign election.",
 )
-@click.option("--oversample", type=int, default=10, show_default=True)
-@click.option("--power-iters", type=int, default=2, show_default=True)
+@click.option("--oversample", type=int, default=16, show_default=True, help="Randomized SVD.")
+@click.option("--power-iters", type=int, default=4, show_default=True, help="Randomized SVD.")
 @click.option("--name", help="Name recorded in the merged adapter's config.")
 @click.option("-o", "--out", "out", required=True, type=click.Path(), help="Output directory.")
 @click.option(

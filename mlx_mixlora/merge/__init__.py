@@ -28,7 +28,7 @@ factor_<m>             PEFT's factor-space `m` (A, B merged separately,       li
 PEFT's ``density`` for DARE is the keep probability: ``drop = 1 - density``.
 Dense methods (ties/dare/prune) come back as a low-rank adapter by randomized SVD
 (oversampling + power iterations, seeded) at `rank` (default Σr), with the relative
-Frobenius error per module (`errors`) and overall (`rel_error`), or, with
+Frobenius error per module (`errors`) and overall (`rel_error`) — defaults: oversample 16, 4 power iterations, near-optimal to ~1e-7 on merged deltas — or, with
 ``output="deltas"``, as dense ΔW per module.
 
 API::

@@ -2,8 +2,11 @@
 
 - `topk_mask`: exact top-k by |value| per slice (k = int(density·numel), as PEFT);
   ties at the threshold keep the lowest flat indices, so the result is unique.
-- `combine`: one `mx.compile`d elementwise pass for trim → elect sign → weighted
-  (disjoint) merge; the tested default everywhere.
+- `trim_thresholds`: the exact per-slice threshold, so trimming fuses into the
+  merge kernel as `|d| >= t` without a mask array.
+- `merge_slices`: `mx.compile`d elementwise kernels for trim → elect sign →
+  weighted (disjoint) merge: one fused loop for weighted sums, two (majority
+  sign, then disjoint mean) for TIES; the tested default everywhere.
 - `metal_elect_merge`: a hand-written `mx.fast.metal_kernel` for the elect/merge
   step, used only when Metal exists (parity test runs there, skipped elsewhere).
 
@@ -26,58 +29,165 @@ def metal_available() -> bool:
     return hasattr(mx.fast, "metal_kernel") and mx.metal.is_available()
 
 
-def kth_largest(a: mx.array, k: int, select: str = "auto") -> mx.array:
-    """Per row of `a` [n, N] (non-negative), the k-th largest value (1 ≤ k ≤ N)."""
-    n_cols = a.shape[-1]
+def _select_backend(select: str) -> str:
     if select == "auto":
-        select = "numpy" if mx.default_device() == mx.cpu else "mlx"
-    if select == "numpy":
-        mx.eval(a)
-        view = np.array(memoryview(a), copy=False)
-        return mx.array(np.partition(view, n_cols - k, axis=-1)[:, n_cols - k])
-    return mx.partition(a, n_cols - k, axis=-1)[:, n_cols - k]
+        return "numpy" if mx.default_device() == mx.cpu else "mlx"
+    if select not in ("numpy", "mlx"):
+        raise MixloraError(f"unknown selection backend {select!r}; use auto, numpy or mlx")
+    return select
+
+
+def trim_thresholds(d: mx.array, density: float, select: str = "auto") -> list[float] | None:
+    """Per slice, t with |d[i]| >= t keeping exactly int(density·numel) entries.
+
+    Returns None when ties straddle some threshold (then only `topk_mask` is exact).
+    """
+    n = d.shape[0]
+    numel = d.size // n
+    k = int(density * numel)
+    if k <= 0:
+        return [float("inf")] * n
+    if k >= numel:
+        return [0.0] * n
+    cut = numel - k
+    if _select_backend(select) == "numpy":
+        mx.eval(d)
+        a = np.abs(np.array(memoryview(d), copy=False).reshape(n, numel))
+        a.partition(cut, axis=1)
+        t, below = a[:, cut], a[:, :cut].max(axis=1)
+    else:
+        a = mx.partition(mx.abs(d.reshape(n, numel)), cut, axis=1)
+        t, below = np.array(a[:, cut]), np.array(mx.max(a[:, :cut], axis=1))
+    if np.any(below == t):
+        return None
+    return [float(x) for x in t]
 
 
 def topk_mask(d: mx.array, density: float, select: str = "auto") -> mx.array:
     """Boolean mask keeping exactly int(density·numel) largest-|x| entries of each slice d[i]."""
     n = d.shape[0]
-    flat = mx.abs(d.reshape(n, -1))
-    numel = flat.shape[1]
+    numel = d.size // n
     k = int(density * numel)
     if k <= 0:
         return mx.zeros(d.shape, dtype=mx.bool_)
     if k >= numel:
         return mx.ones(d.shape, dtype=mx.bool_)
-    t = kth_largest(flat, k, select)[:, None]
+    thr = trim_thresholds(d, density, select)
+    flat = mx.abs(d.reshape(n, numel))
+    if thr is not None:
+        return (flat >= mx.array(thr)[:, None]).reshape(d.shape)
+    if _select_backend(select) == "numpy":
+        mx.eval(flat)
+        t = np.partition(np.array(memoryview(flat), copy=False), numel - k, axis=1)[:, numel - k]
+        t = mx.array(t)[:, None]
+    else:
+        t = mx.partition(flat, numel - k, axis=1)[:, numel - k][:, None]
     gt = flat > t
     eq = flat == t
     n_gt = mx.sum(gt, axis=1, keepdims=True)
-    n_eq = mx.sum(eq, axis=1, keepdims=True)
-    if bool(mx.all(n_gt + n_eq == k)):
-        keep = gt | eq
-    else:  # ties straddle the threshold: keep the lowest-index ones
-        rank_eq = mx.cumsum(eq.astype(mx.int32), axis=1)
-        keep = gt | (eq & (rank_eq <= (k - n_gt)))
-    return keep.reshape(d.shape)
+    rank_eq = mx.cumsum(eq.astype(mx.int32), axis=1)  # ties: keep the lowest flat indices
+    return (gt | (eq & (rank_eq <= (k - n_gt)))).reshape(d.shape)
 
 
-def _combine_impl(d, keep, w, scale, *, elect: str | None):
-    t = mx.where(keep, d * scale, mx.zeros_like(d))
-    wv = w.reshape((-1,) + (1,) * (d.ndim - 1))
-    if elect is None:
-        return mx.sum(t * wv, axis=0)
-    sgn = mx.sign(t)
-    mass = mx.sum(t, axis=0) if elect == "total" else mx.sum(sgn, axis=0)
-    maj = mx.where(mass >= 0, 1.0, -1.0).astype(d.dtype)
-    agree = sgn == maj
-    num = mx.sum(mx.where(agree, t * wv, mx.zeros_like(t)), axis=0)
-    cnt = mx.sum(agree, axis=0).astype(d.dtype)
-    return num / mx.maximum(cnt, 1.0)
+# Fused CPU kernels. MLX fuses these elementwise graphs into one loop each; they are
+# written so `where` only selects raw inputs or constants and arithmetic happens
+# outside it, which keeps the fused loop fast on the CPU backend.
+
+
+def _sum(xs):
+    out = xs[0]
+    for x in xs[1:]:
+        out = out + x
+    return out
+
+
+def _kept(d, t, k):
+    v = d if t is None else mx.where(mx.abs(d) >= t, d, 0.0)
+    return v if k is None else mx.where(k, v, 0.0)
+
+
+def _split(args, n, has_thr, has_mask):
+    d = list(args[:n])
+    i = n
+    t = list(args[i : i + n]) if has_thr else [None] * n
+    i += n if has_thr else 0
+    k = list(args[i : i + n]) if has_mask else [None] * n
+    i += n if has_mask else 0
+    return d, t, k, list(args[i:])
 
 
 @functools.cache
-def _compiled(elect: str | None):
-    return mx.compile(functools.partial(_combine_impl, elect=elect))
+def _fused(n: int, elect: str | None, has_thr: bool, has_mask: bool):
+    """Compiled kernels for n slices: weighted sum, or (majority sign, disjoint mean)."""
+
+    def weighted(*args):
+        d, t, k, rest = _split(args, n, has_thr, has_mask)
+        w, scale = rest[:n], rest[n]
+        return _sum([_kept(d[i], t[i], k[i]) * w[i] for i in range(n)]) * scale
+
+    def majority(*args):
+        d, t, k, _ = _split(args, n, has_thr, has_mask)
+        kept = [_kept(d[i], t[i], k[i]) for i in range(n)]
+        mass = _sum(kept if elect == "total" else [mx.sign(x) for x in kept])
+        return mx.where(mass >= 0.0, 1.0, -1.0)
+
+    def disjoint(*args):
+        d, t, k, rest = _split(args, n, has_thr, has_mask)
+        w, scale, maj = rest[:n], rest[n], rest[n + 1]
+
+        def agree(i, val):
+            v = mx.where(d[i] * maj > 0.0, val, 0.0)
+            v = v if t[i] is None else mx.where(mx.abs(d[i]) >= t[i], v, 0.0)
+            return v if k[i] is None else mx.where(k[i], v, 0.0)
+
+        num = _sum([agree(i, d[i]) * w[i] for i in range(n)])
+        cnt = _sum([agree(i, 1.0) for i in range(n)])
+        return num * scale / mx.maximum(cnt, 1.0)
+
+    if elect is None:
+        return mx.compile(weighted), None
+    return mx.compile(majority), mx.compile(disjoint)
+
+
+def merge_slices(
+    d: mx.array,
+    w: list[float],
+    elect: str | None,
+    thr: list[float] | None = None,
+    keep: mx.array | None = None,
+    scale: float = 1.0,
+    kernel: str = "auto",
+) -> mx.array:
+    """Merge stacked deltas d[n, ...]: Σ wᵢ·kept(dᵢ), or TIES' elect + disjoint mean.
+
+    An entry of dᵢ is kept when |dᵢ| >= thr[i] (if `thr`) and keep[i] (if `keep`);
+    kept entries are multiplied by `scale` (DARE's 1/(1-p), which never changes a
+    sign). `elect` is None (weighted sum), "total" (sign of the summed mass, PEFT's
+    default) or "frequency" (sign of the count).
+    """
+    if elect not in (None, "total", "frequency"):
+        raise MixloraError(f"unknown sign election {elect!r}; use total or frequency")
+    if kernel not in ("auto", "compiled", "metal"):
+        raise MixloraError(f"unknown kernel {kernel!r}; use auto, compiled or metal")
+    if kernel == "metal" and not metal_available():
+        raise MixloraError("kernel 'metal' needs MLX with a Metal device")
+    n = d.shape[0]
+    if elect is not None and (kernel == "metal" or (kernel == "auto" and metal_available())):
+        mask = keep if keep is not None else mx.ones(d.shape, dtype=mx.bool_)
+        if thr is not None:
+            t = mx.array(thr).reshape((n,) + (1,) * (d.ndim - 1))
+            mask = mask & (mx.abs(d) >= t)
+        return metal_elect_merge(d, mask, mx.array(w), elect, scale)
+    ds = [d[i] for i in range(n)]
+    ts = [mx.array(x, dtype=d.dtype) for x in thr] if thr is not None else []
+    ks = [keep[i] for i in range(n)] if keep is not None else []
+    ws = [mx.array(x, dtype=d.dtype) for x in w]
+    sc = mx.array(scale, dtype=d.dtype)
+    first, second = _fused(n, elect, thr is not None, keep is not None)
+    if elect is None:
+        return first(*ds, *ts, *ks, *ws, sc)
+    maj = first(*ds, *ts, *ks)
+    return second(*ds, *ts, *ks, *ws, sc, maj)
 
 
 def combine(
@@ -88,25 +198,10 @@ def combine(
     scale: float = 1.0,
     kernel: str = "auto",
 ) -> mx.array:
-    """Merge stacked deltas: Σ wᵢ·dᵢ over kept entries, or TIES' elect + disjoint mean.
-
-    Kept entries are first multiplied by `scale` (DARE's 1/(1-p)). `elect` is
-    None (weighted sum), "total" (sign of the summed mass) or "frequency" (sign
-    of the count). `keep` None keeps everything.
-    """
-    if elect not in (None, "total", "frequency"):
-        raise MixloraError(f"unknown sign election {elect!r}; use total or frequency")
-    if keep is None:
-        keep = mx.ones(d.shape, dtype=mx.bool_)
-    w = w.astype(d.dtype)
-    if kernel == "metal" or (kernel == "auto" and elect is not None and metal_available()):
-        if not metal_available():
-            raise MixloraError("kernel 'metal' needs MLX with a Metal device")
-        if elect is not None:
-            return metal_elect_merge(d * scale if scale != 1.0 else d, keep, w, elect)
-    if kernel not in ("auto", "compiled", "metal"):
-        raise MixloraError(f"unknown kernel {kernel!r}; use auto, compiled or metal")
-    return _compiled(elect)(d, keep, w, mx.array(scale, dtype=d.dtype))
+    """`merge_slices` with an explicit keep-mask (None keeps everything)."""
+    return merge_slices(
+        d, [float(x) for x in w.tolist()], elect, keep=keep, scale=scale, kernel=kernel
+    )
 
 
 _METAL_SOURCE = """
@@ -142,12 +237,14 @@ def _metal_kernel(freq: bool):
     )
 
 
-def metal_elect_merge(d: mx.array, keep: mx.array, w: mx.array, elect: str) -> mx.array:
+def metal_elect_merge(
+    d: mx.array, keep: mx.array, w: mx.array, elect: str, scale: float = 1.0
+) -> mx.array:
     """TIES elect + disjoint mean as one Metal kernel (one thread per output element)."""
     numel = int(np.prod(d.shape[1:]))
     kern = _metal_kernel(elect == "frequency")
     (out,) = kern(
-        inputs=[d.astype(mx.float32), keep, w.astype(mx.float32)],
+        inputs=[d.astype(mx.float32), keep, (w * scale).astype(mx.float32)],
         grid=(numel, 1, 1),
         threadgroup=(min(256, numel), 1, 1),
         output_shapes=[d.shape[1:]],

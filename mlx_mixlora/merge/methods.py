@@ -182,8 +182,8 @@ def merge_adapters(
     layer_weights: str | dict[int, Sequence[float]] | None = None,
     majority_sign: str = "total",
     output: str = "adapter",
-    oversample: int = 10,
-    power_iters: int = 2,
+    oversample: int = 16,
+    power_iters: int = 4,
     kernel: str = "auto",
     select: str = "auto",
     name: str | None = None,
@@ -258,15 +258,17 @@ def merge_adapters(
             return mx.stack(ms)
 
         def reduce(stack: mx.array, wvec: list[float], key: str) -> mx.array:
-            keep, scale = None, 1.0
+            keep, scale, thr = None, 1.0, None
             if dare:
                 keep, scale = keep_masks(key, stack.shape), 1.0 / (1.0 - drop)
             if trim:
                 src = stack if keep is None else mx.where(keep, stack, mx.zeros_like(stack))
-                tk = kernels.topk_mask(src, density, select)
-                keep = tk if keep is None else keep & tk
-            return kernels.combine(
-                stack, keep, mx.array(wvec), majority_sign if elect else None, scale, kernel
+                thr = kernels.trim_thresholds(src, density, select)
+                if thr is None:  # ties straddle a threshold: an explicit exact mask
+                    tk = kernels.topk_mask(src, density, select)
+                    keep = tk if keep is None else keep & tk
+            return kernels.merge_slices(
+                stack, wvec, majority_sign if elect else None, thr, keep, scale, kernel
             )
 
         if method in EXACT:

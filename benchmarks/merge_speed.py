@@ -1,0 +1,389 @@
+"""Merge speed and reconstruction error against PEFT's `add_weighted_adapter`, as JSON.
+
+Three rank-8 adapters on q/k/v/o of TinyLlama-shaped layers (hidden 2048, kv dim
+256, intermediate 5632, 4 layers, small vocab) live in one PEFT model; the very
+same A/B numbers are merged by `mlx_mixlora.merge.merge_adapters`. For each
+comparable combination type we time PEFT once and ours cold (first call, MLX
+compile included) and warm (best of --repeats), and report the relative
+Frobenius error of each result against the exact dense merge.
+
+Error reference: PEFT's own `merge_utils` math on the dense deltas (what its
+`*_svd` types then truncate). DARE draws random masks; for the error run both
+sides are fed the same masks (PEFT's `random_pruning` patched, ours via
+`mask_fn`), while the timed runs use each side's own RNG.
+
+Into-base: fusing into a saved MLX model dir vs one read+write pass over the
+affected weights (and vs copying the whole weights file).
+
+    python benchmarks/merge_speed.py --out benchmarks/results/merge_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+
+import mlx_mixlora  # noqa: F401  (OpenBLAS before mlx.core)
+
+NAMES = ["t1", "t2", "t3"]
+PREFIX = "base_model.model."
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+# (PEFT combination type, our method, our kwargs, PEFT kwargs)
+COMBOS = [
+    ("cat", "cat", {}, {}),
+    ("svd", "svd", {"rank": 8}, {"svd_rank": 8}),
+    ("ties_svd", "ties", {"density": 0.2, "rank": 8}, {"density": 0.2, "svd_rank": 8}),
+    ("dare_ties_svd", "dare_ties", {"drop": 0.5, "rank": 8}, {"density": 0.5, "svd_rank": 8}),
+    ("dare_linear_svd", "dare_linear", {"drop": 0.5, "rank": 8}, {"density": 0.5, "svd_rank": 8}),
+    (
+        "magnitude_prune_svd",
+        "magnitude_prune",
+        {"density": 0.2, "rank": 8},
+        {"density": 0.2, "svd_rank": 8},
+    ),
+    ("linear", "factor_linear", {}, {}),
+    ("ties", "factor_ties", {"density": 0.2}, {"density": 0.2}),
+]
+WEIGHTS = [0.5, 0.3, 0.2]
+
+
+def build(args):
+    import peft
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mlx_mixlora.adapter_format import AdapterConfig
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=args.kv // 64,
+        vocab_size=args.vocab,
+        tie_word_embeddings=False,
+    )
+    base = LlamaForCausalLM(cfg).eval()
+    model = None
+    for i, name in enumerate(NAMES):
+        torch.manual_seed(100 + i)
+        lc = peft.LoraConfig(
+            r=args.rank, lora_alpha=2 * args.rank, target_modules=TARGETS, init_lora_weights=False
+        )
+        if model is None:
+            model = peft.get_peft_model(base, lc, adapter_name=name)
+        else:
+            model.add_adapter(name, lc)
+    ours = []
+    for name in NAMES:
+        w = {}
+        for mod_name, mod in model.named_modules():
+            if hasattr(mod, "lora_A") and name in mod.lora_A:
+                p = mod_name[len(PREFIX) :]
+                w[f"{p}.lora_a"] = mx.array(mod.lora_A[name].weight.detach().numpy())
+                w[f"{p}.lora_b"] = mx.array(mod.lora_B[name].weight.detach().numpy())
+        mx.eval(w)
+        ours.append(
+            (
+                AdapterConfig(
+                    rank=args.rank,
+                    alpha=2.0 * args.rank,
+                    targets=TARGETS,
+                    layers=list(range(args.layers)),
+                    name=name,
+                ),
+                w,
+            )
+        )
+    return model, ours, cfg
+
+
+def lora_modules(model):
+    return [(n[len(PREFIX) :], m) for n, m in model.named_modules() if hasattr(m, "lora_A")]
+
+
+def peft_deltas(model, adapter):
+    return {
+        p: m.get_delta_weight(adapter).detach().numpy()
+        for p, m in lora_modules(model)
+        if adapter in m.lora_A
+    }
+
+
+class FixedMasks:
+    """PEFT's random_pruning fed with given masks in its call order (module, then adapter)."""
+
+    def __init__(self, masks, order):
+        self.masks, self.order = masks, list(order)
+
+    def __call__(self, tensor, density, rescale):
+        import torch
+
+        m = torch.from_numpy(self.masks[self.order.pop(0)])
+        out = tensor * m
+        return out / density if rescale else out
+
+
+def rel_err(got: dict, ref: dict) -> float:
+    num = sum(float(np.sum((np.asarray(got[p], np.float64) - ref[p]) ** 2)) for p in ref)
+    den = sum(float(np.sum(np.asarray(ref[p], np.float64) ** 2)) for p in ref)
+    return float(np.sqrt(num / den))
+
+
+def reference(model, ct, pkw, masks=None):
+    """The exact dense merge by PEFT's own math (before any SVD), per module."""
+    import torch
+    from peft.utils import merge_utils
+
+    out = {}
+    ws = torch.tensor(WEIGHTS)
+    for p, m in lora_modules(model):
+        ds = [m.get_delta_weight(n) for n in NAMES]
+        if ct == "svd":
+            d = merge_utils.task_arithmetic(ds, ws)
+        elif ct == "ties_svd":
+            d = merge_utils.ties(ds, ws, pkw["density"], "total")
+        elif ct == "magnitude_prune_svd":
+            d = merge_utils.magnitude_prune(ds, ws, pkw["density"])
+        else:  # DARE with the shared masks
+            kept = [ds[i] * torch.from_numpy(masks[(p, i)]) / pkw["density"] for i in range(3)]
+            st = torch.stack(kept)
+            if ct == "dare_linear_svd":
+                d = (st * ws.view(-1, 1, 1)).sum(0)
+            else:
+                sign_mask = merge_utils.calculate_majority_sign_mask(st, "total")
+                d = merge_utils.disjoint_merge(st * ws.view(-1, 1, 1), sign_mask)
+        out[p] = d.detach().numpy().astype(np.float64)
+    return out
+
+
+def time_ours(ours, method, kw, repeats):
+    from mlx_mixlora.merge import merge_adapters
+
+    t = time.perf_counter()
+    res = merge_adapters(ours, method, weights=WEIGHTS, **kw)
+    cold = time.perf_counter() - t
+    warm = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        res = merge_adapters(ours, method, weights=WEIGHTS, **kw)
+        warm.append(time.perf_counter() - t)
+    return res, cold, warm
+
+
+def bench_merges(model, ours, args):
+    from peft.utils import merge_utils
+
+    from mlx_mixlora.merge import merge_adapters
+
+    rows = []
+    paths = [p for p, _ in lora_modules(model)]
+    for ct, method, kw, pkw in COMBOS:
+        if args.only and ct not in args.only.split(","):
+            continue
+        row = {"peft": ct, "ours": method, "ours_kwargs": kw, "peft_kwargs": pkw}
+        res, cold, warm = time_ours(ours, method, kw, args.repeats)
+        row.update(ours_cold_s=cold, ours_warm_s=min(warm), ours_warm_all_s=warm)
+        if not args.skip_peft:
+            name = f"m_{ct}"
+            t = time.perf_counter()
+            model.add_weighted_adapter(NAMES, WEIGHTS, name, combination_type=ct, **pkw)
+            row["peft_s"] = time.perf_counter() - t
+            row["speedup_warm"] = row["peft_s"] / row["ours_warm_s"]
+            row["speedup_cold"] = row["peft_s"] / row["ours_cold_s"]
+            peft_d = peft_deltas(model, name)
+            model.delete_adapter(name)
+        if ct.endswith("_svd") or ct == "svd":
+            masks = None
+            if ct.startswith("dare"):  # the same masks on both sides for the error run
+                rng = np.random.default_rng(7)
+                shapes = {p: m.get_base_layer().weight.shape for p, m in lora_modules(model)}
+                masks = {
+                    (p, i): (rng.random(shapes[p]) < pkw["density"]).astype(np.float32)
+                    for p in paths
+                    for i in range(3)
+                }
+                res = merge_adapters(
+                    ours,
+                    method,
+                    weights=WEIGHTS,
+                    mask_fn=lambda key, i, shape, _m=masks: mx.array(_m[(key, i)] > 0),
+                    **kw,
+                )
+                if not args.skip_peft:
+                    orig = merge_utils.random_pruning
+                    merge_utils.random_pruning = FixedMasks(
+                        masks, [(p, i) for p in paths for i in range(3)]
+                    )
+                    try:
+                        model.add_weighted_adapter(
+                            NAMES, WEIGHTS, "m_err", combination_type=ct, **pkw
+                        )
+                    finally:
+                        merge_utils.random_pruning = orig
+                    peft_d = peft_deltas(model, "m_err")
+                    model.delete_adapter("m_err")
+            ref = reference(model, ct, pkw, masks)
+            ours_d = {p: np.array(res.delta(p)) for p in ref}
+            row["rel_err_ours"] = rel_err(ours_d, ref)
+            row["rel_err_reported_by_ours"] = res.rel_error
+            if not args.skip_peft:
+                row["rel_err_peft"] = rel_err(peft_d, ref)
+        elif not args.skip_peft:  # exact / factor-space: agreement with PEFT's ΔW
+            ours_d = {p: np.array(res.delta(p)) for p in peft_d}
+            row["rel_diff_vs_peft"] = rel_err(
+                ours_d, {k: v.astype(np.float64) for k, v in peft_d.items()}
+            )
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "ours_warm_all_s"}), flush=True)
+    return rows
+
+
+def bench_into_base(model, ours, cfg, args):
+    """Fuse into a saved MLX model dir vs one read+write pass over the affected weights."""
+    from mlx_mixlora.io import check_safetensors_header
+    from mlx_mixlora.merge import merge_adapters, merge_into_base
+
+    work = Path(tempfile.mkdtemp(prefix="merge_bench_", dir=args.tmp))
+    try:
+        src = work / "base"
+        src.mkdir()
+        base_sd = {
+            k.replace("base_layer.", ""): v
+            for k, v in model.get_base_model().state_dict().items()
+            if "lora_" not in k
+        }
+        mx.save_safetensors(
+            str(src / "model.safetensors"),
+            {k: mx.array(v.detach().numpy()) for k, v in base_sd.items()},
+        )
+        conf = cfg.to_dict()
+        conf["model_type"] = "llama"
+        (src / "config.json").write_text(json.dumps(conf))
+        shard = src / "model.safetensors"
+        header = check_safetensors_header(shard)
+        with open(shard, "rb") as f:
+            data_start = 8 + int.from_bytes(f.read(8), "little")
+        keys = [f"{p}.weight" for p in ours[0][0].module_paths()]
+        affected_bytes = sum(
+            header[k]["data_offsets"][1] - header[k]["data_offsets"][0] for k in keys
+        )
+
+        def pass_affected():
+            out = work / "pass.bin"
+            with open(shard, "rb") as fin, open(out, "wb") as fout:
+                for k in keys:
+                    a, b = header[k]["data_offsets"]
+                    fin.seek(data_start + a)
+                    fout.write(fin.read(b - a))
+            out.unlink()
+
+        def pass_copy():
+            shutil.copyfile(shard, work / "copy.safetensors")
+            (work / "copy.safetensors").unlink()
+
+        results = {
+            "weights_file_bytes": shard.stat().st_size,
+            "affected_bytes": affected_bytes,
+        }
+        for name, fn in (("read_write_affected_s", pass_affected), ("copy_file_s", pass_copy)):
+            ts = []
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t)
+            results[name] = min(ts)
+        for method, kw, output in (("cat", {}, "adapter"), ("ties", {"density": 0.2}, "deltas")):
+            res = merge_adapters(ours, method, weights=WEIGHTS, output=output, **kw)
+            ts = []
+            for _ in range(args.repeats):
+                out = work / "out"
+                t = time.perf_counter()
+                merge_into_base(src, res.updates(), out)
+                ts.append(time.perf_counter() - t)
+                shutil.rmtree(out)
+            results[f"into_base_{method}_s"] = min(ts)
+            results[f"into_base_{method}_vs_read_write_affected"] = (
+                min(ts) / results["read_write_affected_s"]
+            )
+        print(json.dumps(results), flush=True)
+        return results
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results/merge_speed.json")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--kv", type=int, default=256)
+    ap.add_argument("--intermediate", type=int, default=5632)
+    ap.add_argument("--vocab", type=int, default=1024)
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", help="comma-separated PEFT combination types to run")
+    ap.add_argument("--skip-peft", action="store_true")
+    ap.add_argument("--skip-into-base", action="store_true")
+    ap.add_argument("--tmp", default=None, help="where the into-base model dirs go")
+    args = ap.parse_args()
+
+    import peft
+    import torch
+    import transformers
+
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    model, ours, cfg = build(args)
+    build_s = time.perf_counter() - t0
+    rows = bench_merges(model, ours, args)
+    into = None if args.skip_into_base else bench_into_base(model, ours, cfg, args)
+    report = {
+        "benchmark": "merge_speed",
+        "shapes": {
+            "layers": args.layers,
+            "hidden": args.hidden,
+            "kv_dim": args.kv,
+            "targets": TARGETS,
+            "adapters": len(NAMES),
+            "rank": args.rank,
+            "weights": WEIGHTS,
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "mlx": mx.__version__,
+            "mlx_device": str(mx.default_device()),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "peft": peft.__version__,
+            "transformers": transformers.__version__,
+        },
+        "build_s": build_s,
+        "merges": rows,
+        "into_base": into,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+    out = Path(args.out)
+    from mlx_mixlora.io import write_json
+
+    write_json(out, report)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
