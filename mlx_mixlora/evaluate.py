@@ -147,51 +147,96 @@ def sequence_logprobs(
     return out
 
 
+def _same_length_groups(seqs: list[list[int]], vocab: int) -> Iterator[list[int]]:
+    """Indices of equal-length sequences, chunked to the logits budget.
+
+    Equal lengths need no padding, so a batch shares one KV cache exactly.
+    """
+    by_len: dict[int, list[int]] = {}
+    for i, s in enumerate(seqs):
+        by_len.setdefault(len(s), []).append(i)
+    for length, idx in sorted(by_len.items()):
+        step = max(1, _LOGITS_BUDGET // max(length * vocab, 1))
+        for k in range(0, len(idx), step):
+            yield idx[k : k + step]
+
+
+def _log_softmax(logits):
+    import mlx.core as mx
+
+    logits = logits.astype(mx.float32)
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
 def label_scores(model, tokenizer, prompts: list[str], labels: list[str]) -> np.ndarray:
-    """[n_prompts, n_labels] log-likelihood of " label</s>" after each prompt."""
+    """[n_prompts, n_labels] log-likelihood of " label</s>" after each prompt.
+
+    Each prompt is run once into a KV cache; every label continues from it and
+    is trimmed off again, so k labels cost one prompt pass, not k.
+    """
+    import mlx.core as mx
+    from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+
     eos = sorted(_eos_ids(tokenizer))[:1]
     p_ids = [encode_prompt(tokenizer, p) for p in prompts]
     l_ids = [encode_continuation(tokenizer, " " + lab) + eos for lab in labels]
     vocab = _vocab(model)
-    flat = sequence_logprobs(
-        model, [p for p in p_ids for _ in l_ids], [lab for _ in p_ids for lab in l_ids], vocab
-    )
-    return flat.reshape(len(prompts), len(labels))
+    out = np.zeros((len(prompts), len(labels)), dtype=np.float64)
+    for idx in _same_length_groups(p_ids, vocab):
+        cache = make_prompt_cache(model)
+        if not can_trim_prompt_cache(cache):  # e.g. rotating caches: score padded sequences
+            flat = sequence_logprobs(
+                model,
+                [p_ids[i] for i in idx for _ in l_ids],
+                [lab for _ in idx for lab in l_ids],
+                vocab,
+            )
+            out[idx] = flat.reshape(len(idx), len(labels))
+            continue
+        first = _log_softmax(model(mx.array([p_ids[i] for i in idx]), cache=cache)[:, -1])
+        for j, lab in enumerate(l_ids):
+            total = first[:, lab[0]]
+            if len(lab) > 1:
+                rest = _log_softmax(model(mx.array([lab[:-1]] * len(idx)), cache=cache))
+                total = total + rest[:, mx.arange(len(lab) - 1), mx.array(lab[1:])].sum(axis=-1)
+                trim_prompt_cache(cache, len(lab) - 1)
+            out[idx, j] = np.array(total, dtype=np.float64)
+    return out
 
 
 def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
     """Greedy continuations, stopped at end-of-sequence or a newline.
 
-    Batched without a KV cache: right-padded sequences grow by one token per
-    step and each reads its own last position (exact under a causal mask).
-    Short answers make the recomputation cheaper than per-prompt decoding.
+    Prompts of equal token length are decoded together with one KV cache (no
+    padding, so exactly what one-at-a-time decoding gives).
     """
     import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
 
     eos = _eos_ids(tokenizer)
-    vocab = _vocab(model)
     seqs = [encode_prompt(tokenizer, p) for p in prompts]
-    starts = [len(s) for s in seqs]
-    done = [False] * len(seqs)
     texts = [""] * len(seqs)
-    for _ in range(max_new_tokens):
-        live = [i for i in range(len(seqs)) if not done[i]]
-        if not live:
-            break
-        for group in _batches([len(seqs[i]) for i in live], vocab):
-            idx = [live[g] for g in group]
-            logits = _forward(model, [seqs[i] for i in idx], pad=0)
-            last = mx.array([len(seqs[i]) - 1 for i in idx])
-            nxt = mx.argmax(logits[mx.arange(len(idx)), last], axis=-1).tolist()
-            for i, tok in zip(idx, nxt, strict=True):
-                if tok in eos:
-                    done[i] = True
+    for idx in _same_length_groups(seqs, _vocab(model)):
+        cache = make_prompt_cache(model)
+        logits = model(mx.array([seqs[i] for i in idx]), cache=cache)[:, -1]
+        gen: list[list[int]] = [[] for _ in idx]
+        done = [False] * len(idx)
+        for step in range(max_new_tokens):
+            nxt = mx.argmax(logits, axis=-1)
+            for r, tok in enumerate(nxt.tolist()):
+                if done[r]:
                     continue
-                seqs[i].append(int(tok))
-                texts[i] = tokenizer.decode(seqs[i][starts[i] :])
-                if "\n" in texts[i]:
-                    texts[i] = texts[i].split("\n", 1)[0]
-                    done[i] = True
+                if tok in eos:
+                    done[r] = True
+                    continue
+                gen[r].append(int(tok))
+                text = tokenizer.decode(gen[r])
+                if "\n" in text:
+                    text, done[r] = text.split("\n", 1)[0], True
+                texts[idx[r]] = text
+            if all(done) or step == max_new_tokens - 1:
+                break
+            logits = model(nxt[:, None], cache=cache)[:, -1]
     return [t.strip() for t in texts]
 
 

@@ -82,14 +82,27 @@ def test_label_scores_rank_labels_by_likelihood(tiny):
     p = encode_prompt(tok, ex[2]["prompt"])
     want = _ref_logprob(model, p + encode_continuation(tok, " positive") + eos, len(p))
     assert scores[2, 1] == pytest.approx(want, rel=1e-4, abs=1e-3)
+    # the KV-cache path (prompt once, labels trimmed off) equals padded full sequences,
+    # including multi-token labels and prompts of equal length sharing one batch
+    cls = get_task("classification")
+    prompts = [e["prompt"] for e in load_examples(cls, "synthetic", "test", n=6)] * 2
+    got = label_scores(model, tok, prompts, cls.label_names)
+    p_ids = [encode_prompt(tok, q) for q in prompts]
+    l_ids = [encode_continuation(tok, " " + lab) + eos for lab in cls.label_names]
+    assert max(len(x) for x in l_ids) > 2  # " Sci/Tech</s>" spans several tokens
+    ref = sequence_logprobs(
+        model, [q for q in p_ids for _ in l_ids], [x for _ in p_ids for x in l_ids], vocab=400
+    ).reshape(len(prompts), -1)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
 
 
 def test_batched_greedy_matches_single_prompt_decoding(tiny):
     model, tok = tiny
     prompts = [e["prompt"] for e in load_examples("qa", "synthetic", "test", n=5)]
+    prompts = prompts + prompts[:3]  # equal lengths: decoded together in one cache
     batched = greedy_generate(model, tok, prompts, max_new_tokens=6)
     singles = [greedy_generate(model, tok, [p], max_new_tokens=6)[0] for p in prompts]
-    assert batched == singles
+    assert batched == singles and batched[5:] == batched[:3]
     # reference: plain argmax loop over the full sequence
     ids = encode_prompt(tok, prompts[0])
     out = []

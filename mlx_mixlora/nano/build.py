@@ -67,7 +67,9 @@ def build_nano_base(
             f"output path {out_dir} already exists (choose another path or pass --overwrite)"
         )
     t0 = time.perf_counter()
-    docs = pretraining_docs(recipe.corpus_rows_per_task, recipe.seed, recipe.format_share)
+    docs = pretraining_docs(
+        recipe.corpus_rows_per_task, recipe.seed, recipe.format_share, recipe.repeat_share
+    )
     tok = train_bpe(tokenizer_texts(docs), recipe.vocab_size)
     if tok.get_vocab_size() > recipe.vocab_size:
         raise MixloraError(

@@ -5,7 +5,9 @@ reviews). A share are the tasks' prompts followed by a *random* answer (a label
 drawn uniformly, or another article's headline), independent of the content.
 The base so learns the answer format and the label words, which an
 attention-only LoRA cannot create from nothing, but not the mapping from content
-to answer: it scores at chance until an adapter teaches it the task.
+to answer: it scores at chance until an adapter teaches it the task. Another
+share is a text written twice, so the base learns to copy from its context
+(induction heads), which summarising by extraction needs.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ def shuffled_answer_doc(task: Task, row: dict, rng: random.Random, pool: list[di
     return f"{task.prompt(row)} {answer}"
 
 
-def pretraining_docs(rows_per_task: int, seed: int, format_share: float = 0.25) -> list[str]:
+def pretraining_docs(
+    rows_per_task: int, seed: int, format_share: float = 0.25, repeat_share: float = 0.15
+) -> list[str]:
     """One document per synthetic train row, tasks interleaved deterministically."""
     rng = random.Random(f"nano-corpus:{seed}")
     per_task = []
@@ -36,10 +40,14 @@ def pretraining_docs(rows_per_task: int, seed: int, format_share: float = 0.25) 
         rows = synthetic_rows(t, "train", rows_per_task, seed)
         docs = []
         for row in rows:
-            if rng.random() < format_share:
+            u = rng.random()
+            text = " ".join(unlabeled_texts(row))
+            if u < format_share:
                 docs.append(shuffled_answer_doc(t, row, rng, rows))
+            elif u < format_share + repeat_share:
+                docs.append(f"{text} {text}")  # repeated text: teaches copying (induction)
             else:
-                docs.append(" ".join(unlabeled_texts(row)))
+                docs.append(text)
         per_task.append(docs)
     return [doc for group in zip(*per_task, strict=True) for doc in group]
 

@@ -39,6 +39,7 @@ class NanoRecipe:
     weight_decay: float = 0.01
     corpus_rows_per_task: int = 6000
     format_share: float = 0.25
+    repeat_share: float = 0.15
     seed: int = 0
     generator_version: int = GENERATOR_VERSION
 

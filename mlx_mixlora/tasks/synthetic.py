@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable, Iterator
 
 # Bump when any generator's output changes: it is part of the nano base's cache key.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 NEUTRAL_TAILS = [
     "on monday",
@@ -153,6 +153,14 @@ OBJECTS = [
     "coat",
     "fence",
     "train",
+]
+SCENES = [
+    "A man walked past the {other}.",
+    "The {other} stood near the gate.",
+    "Children played by the {other}.",
+    "The {other} was quite old.",
+    "Someone moved the {other} yesterday.",
+    "The {other} looked clean.",
 ]
 COLORS = ["red", "blue", "green", "white", "black", "yellow", "brown", "gray", "pink", "orange"]
 
@@ -312,18 +320,14 @@ def ag_news(rng: random.Random) -> dict:
 
 
 def boolq(rng: random.Random) -> dict:
-    """Two facts about two objects; the question asks about one; `not` decides."""
-    a, b = rng.sample(OBJECTS, 2)
-    ca, cb = rng.choice(COLORS), rng.choice(COLORS)
+    """One fact sentence answers the question (its `not` decides); one sentence is filler."""
+    obj, color = rng.choice(OBJECTS), rng.choice(COLORS)
     answer = rng.random() < 0.5
-    other_not = rng.random() < 0.5
-    facts = [
-        f"the {a} is {'' if answer else 'not '}{ca}.",
-        f"the {b} is {'not ' if other_not else ''}{cb}.",
-    ]
-    rng.shuffle(facts)
-    passage = " ".join(f[0].upper() + f[1:] for f in facts)
-    return {"question": f"is the {a} {ca}", "passage": passage, "answer": answer}
+    fact = f"The {obj} is {'' if answer else 'not '}{color}."
+    other = rng.choice([o for o in OBJECTS if o != obj])
+    filler = rng.choice(SCENES).format(other=other)
+    passage = f"{fact} {filler}" if rng.random() < 0.5 else f"{filler} {fact}"
+    return {"question": f"is the {obj} {color}", "passage": passage, "answer": answer}
 
 
 def cnn_dailymail(rng: random.Random) -> dict:
