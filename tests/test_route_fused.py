@@ -110,3 +110,80 @@ def test_generate_without_reuse_and_uniform_merge(tmp_path, tok):
     np.testing.assert_allclose(res.decision.weights, [1 / 3] * 3)
     after = params(model)
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_switcher_matches_fuse_reuses_buffers_and_restores_exactly(tmp_path):
+    from mlx_mixlora.route import AdapterSwitcher
+
+    model = tiny_model(layers=2)
+    ads = _adapters(tmp_path, model, layers=(0, 1))
+    before = params(model)
+    toks = mx.array([[1, 5, 9, 33, 12, 7]])
+    sw = AdapterSwitcher(model, ads, chunk_bytes=1024)  # several chunks per weight
+    seq = [
+        Decision([0], [1.0], []),
+        Decision([2, 1], [0.6, 0.4], []),
+        Decision([], [], []),
+        Decision([1], [1.0], []),
+    ]
+    for d in seq:
+        sw.apply(d)
+        got = np.array(model(toks))
+        sw.restore()
+        with fused(model, ads, d):
+            want = np.array(model(toks))
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert len(sw._spare) == 6  # one spare buffer per adapted weight, kept for the next switch
+    sw.release()
+    after = params(model)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_switcher_writes_into_the_previous_buffers():
+    """Steady-state switches allocate no second copy of the adapted weights (donated buffers)."""
+    from mlx_lm.models import llama
+
+    from mlx_mixlora.adapter_format import AdapterConfig
+    from mlx_mixlora.route import Adapter, AdapterSwitcher
+
+    mx.random.seed(0)
+    args = dict(
+        model_type="llama",
+        hidden_size=512,
+        num_hidden_layers=1,
+        intermediate_size=1024,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        vocab_size=64,
+        tie_word_embeddings=False,
+    )
+    model = llama.Model(llama.ModelArgs(**args))
+    mx.eval(model.parameters())
+    targets = ["q_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    ads = []
+    for i in range(2):
+        cfg = AdapterConfig(rank=4, alpha=4, targets=targets, layers=[0], name=f"s{i}")
+        w = {}
+        for p in cfg.module_paths():
+            o, k = _weight(model, p).shape
+            w[f"{p}.lora_a"] = mx.random.normal((4, k))
+            w[f"{p}.lora_b"] = 0.01 * mx.random.normal((o, 4))
+        mx.eval(w)
+        ads.append(Adapter(f"s{i}", "", cfg, w, str(i)))
+    adapted = sum(_weight(model, p).nbytes for p in ads[0].module_paths())
+    sw = AdapterSwitcher(model, ads, chunk_bytes=32 * 1024)  # MLX keeps ~16 chunks in flight
+    sw.apply(Decision([0], [1.0], []))
+    active = mx.get_active_memory()
+    mx.reset_peak_memory()
+    for i in range(4):
+        sw.apply(Decision([(i + 1) % 2], [1.0], []))
+    assert mx.get_peak_memory() - active < 0.5 * adapted
+    sw.release()
+
+
+def _weight(model, path):
+    obj = model
+    for part in path.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj.weight

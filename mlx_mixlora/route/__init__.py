@@ -26,6 +26,8 @@ Python API (what the demo report uses)::
 
     res = R.generate_routed(model, tok, adapters, gate, prompt)  # fuse → generate → restore
     with R.fused(model, adapters, decision): ...          # any code on the fused model
+    sw = R.AdapterSwitcher(model, adapters)               # many switches: reuses buffers
+    sw.apply(decision); ...; sw.restore()                 # restore is bit-exact
 
     R.attach_mixed(model, adapters)                       # mixed-adapter batches
     logits = R.mixed_forward(model, token_lists, indices) # row b uses adapter indices[b]
@@ -67,6 +69,7 @@ from .routers import (
 )
 from .score import score_routed
 from .session import Setup, load_setup, make_router
+from .switch import AdapterSwitcher, stream_fuse
 
 
 def load_gate_router(gate_dir, adapters: list[Adapter]) -> GateRouter:
@@ -78,6 +81,8 @@ def load_gate_router(gate_dir, adapters: list[Adapter]) -> GateRouter:
 
 __all__ = [
     "Adapter",
+    "AdapterSwitcher",
+    "stream_fuse",
     "ArrowRouter",
     "CentroidRouter",
     "Decision",

@@ -38,11 +38,22 @@ def decision_updates(
 
 
 @contextlib.contextmanager
-def fused(model: Any, adapters: list[Adapter], decision: Decision) -> Iterator[dict]:
-    """Within the block the model computes with the decision's adapters fused in."""
+def fused(
+    model: Any, adapters: list[Adapter], decision: Decision, switcher: Any = None
+) -> Iterator[None]:
+    """Within the block the model computes with the decision's adapters fused in.
+
+    Without a `switcher` this is the merging package's `fuse_deltas`/`restore`;
+    with an `AdapterSwitcher` (many decisions in a row) the fused weights are
+    streamed into the previous decision's buffers.
+    """
+    if switcher is not None:
+        with switcher.fused(decision):
+            yield
+        return
     handle = fuse_deltas(model, decision_updates(adapters, decision)) if decision.indices else {}
     try:
-        yield handle
+        yield
     finally:
         restore(model, handle)
 
@@ -130,12 +141,16 @@ def generate_many(
     if sampler is not None:
         kw["sampler"] = sampler
     out: list[RoutedGeneration | None] = [None] * len(prompts)
+    from .switch import AdapterSwitcher
+
+    switcher = AdapterSwitcher(model, adapters)
     for members in groups.values():
-        with fused(model, adapters, decisions[members[0]]):
+        with fused(model, adapters, decisions[members[0]], switcher):
             for i in members:
                 toks, text = [], []
                 for r in stream_generate(model, tokenizer, mx.array(token_lists[i]), **kw):
                     toks.append(int(r.token))
                     text.append(r.text)
                 out[i] = RoutedGeneration(decisions[i], "".join(text), toks)
+    switcher.release()
     return out  # type: ignore[return-value]

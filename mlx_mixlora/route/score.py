@@ -16,6 +16,7 @@ import numpy as np
 from .adapters import Adapter
 from .fused import fused
 from .routers import decide, encode_prompts
+from .switch import AdapterSwitcher
 
 _MEAN_KEYS = ("accuracy_gen", "accuracy_ll", "rouge_l", "score", "chance")
 
@@ -48,12 +49,14 @@ def score_routed(
     for i, d in enumerate(decisions):
         groups.setdefault((tuple(d.indices), tuple(round(w, 6) for w in d.weights)), []).append(i)
     total: dict[str, float] = {}
+    switcher = AdapterSwitcher(model, adapters)
     for members in groups.values():
-        with fused(model, adapters, decisions[members[0]]):
+        with fused(model, adapters, decisions[members[0]], switcher):
             res = score_task(model, tokenizer, task, [examples[i] for i in members])
         for k in _MEAN_KEYS:
             if k in res:
                 total[k] = total.get(k, 0.0) + res[k] * len(members)
+    switcher.release()
     out: dict[str, Any] = {k: v / len(examples) for k, v in total.items()}
     out["n"] = len(examples)
     chosen = [d.top1 for d in decisions]

@@ -1,0 +1,377 @@
+"""Routing execution speed, as JSON: fused decode, adapter switch, mixed-adapter prefill, PEFT.
+
+TinyLlama-shaped random model (hidden 2048, 32 heads / 4 KV heads, intermediate
+5632, vocab 32000, --layers decoder layers), fp32 on this machine's default
+device; four random rank-16 adapters on all seven projections of every layer.
+
+- decode: mlx-lm `generate_step` (what `generate` runs) decode tokens/s on the base vs with one adapter fused
+  (`route.fused`), alternating runs, median; target ratio >= 0.97.
+- switch: `fuse_deltas` of one adapter + `restore` (what switching adapters costs)
+  vs one read+write pass over the same weights (`w + 1` for each adapted weight);
+  target ratio <= 1.5.
+- prefill: one forward over 8 prompts, 2 per adapter (`attach_mixed`, grouped on
+  CPU) vs the same batch on one adapter (our unfused `LoRALinear`); target >= 0.8.
+- PEFT (when torch + peft are installed): the same shapes in transformers, the same
+  batch through `model(input_ids, adapter_names=[...])` (mixed) and with one active
+  adapter, on torch's CPU threads.
+
+The machine is shared: `uptime` load averages are recorded with the numbers.
+
+    python benchmarks/routing.py --out benchmarks/results/routing.json [--layers 4] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import mlx_mixlora  # noqa: F401  (OpenBLAS before mlx.core)
+
+# isort: split
+import mlx.core as mx
+import numpy as np
+from mlx_lm.models import llama
+
+from mlx_mixlora.adapter_format import AdapterConfig
+from mlx_mixlora.io import write_json
+from mlx_mixlora.route import Adapter, Decision, attach_mixed, detach_mixed, fused, mixed_forward
+from mlx_mixlora.route.fused import decision_updates
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def make_model(a: argparse.Namespace) -> llama.Model:
+    mx.random.seed(0)
+    model = llama.Model(
+        llama.ModelArgs(
+            model_type="llama",
+            hidden_size=a.hidden,
+            num_hidden_layers=a.layers,
+            intermediate_size=a.intermediate,
+            num_attention_heads=a.heads,
+            num_key_value_heads=a.kv_heads,
+            rms_norm_eps=1e-5,
+            vocab_size=a.vocab,
+            tie_word_embeddings=False,
+        )
+    )
+    # mlx-lm's init is tiny-scaled; typical trained-weight scale keeps logits finite and varied
+    mx.eval(model.parameters())
+    return model
+
+
+def make_adapters(model: llama.Model, n: int, rank: int, layers: int) -> list[Adapter]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        cfg = AdapterConfig(
+            rank=rank, alpha=2 * rank, targets=TARGETS, layers=list(range(layers)), name=f"a{i}"
+        )
+        w = {}
+        for p in cfg.module_paths():
+            layer = model.model.layers[int(p.split(".")[2])]
+            mod = getattr(getattr(layer, p.split(".")[3]), p.split(".")[4])
+            o, k = mod.weight.shape
+            w[f"{p}.lora_a"] = mx.array(rng.normal(0, 1 / np.sqrt(k), (rank, k)).astype(np.float32))
+            w[f"{p}.lora_b"] = mx.array(rng.normal(0, 0.01, (o, rank)).astype(np.float32))
+        mx.eval(w)
+        out.append(Adapter(f"a{i}", "", cfg, w, str(i)))
+    return out
+
+
+def bench_decode(model, adapters, a) -> dict:
+    from mlx_lm.generate import generate_step
+
+    prompt = mx.array(np.random.default_rng(1).integers(3, a.vocab, a.prompt_len).tolist())
+
+    def tps() -> float:
+        """Decode tokens/s after the first token, as mlx-lm's `generation_tps` counts it."""
+        steps = generate_step(prompt, model, max_tokens=a.decode_tokens)
+        next(steps)  # prefill + first token
+        t = time.perf_counter()
+        n = sum(1 for _ in steps)
+        return n / (time.perf_counter() - t)
+
+    tps()  # warm-up
+    base, fusedv = [], []
+    d = Decision([0], [1.0], [])
+    for _ in range(a.reps):
+        base.append(tps())
+        with fused(model, adapters, d):
+            fusedv.append(tps())
+    b, f = statistics.median(base), statistics.median(fusedv)
+    return {
+        "base_tokens_per_s": round(b, 2),
+        "fused_tokens_per_s": round(f, 2),
+        "ratio": round(f / b, 4),
+        "target": ">= 0.97",
+        "runs_base": [round(x, 2) for x in base],
+        "runs_fused": [round(x, 2) for x in fusedv],
+        "prompt_tokens": a.prompt_len,
+        "decode_tokens": a.decode_tokens,
+    }
+
+
+def bench_switch(model, adapters, a) -> dict:
+    from mlx_mixlora.merge import fuse_deltas, restore
+    from mlx_mixlora.route import AdapterSwitcher
+
+    upd = [decision_updates(adapters, Decision([i], [1.0], [])) for i in range(len(adapters))]
+    mx.eval(upd)
+    paths = list(upd[0])
+
+    def weight(p):
+        _, _, layer, parent, name = p.split(".")
+        return getattr(getattr(model.model.layers[int(layer)], parent), name).weight
+
+    weights = [weight(p) for p in paths]
+    nbytes = sum(w.nbytes for w in weights)
+
+    def one_pass() -> float:
+        t = time.perf_counter()
+        out = [w + 1.0 for w in weights]
+        mx.eval(out)
+        dt = time.perf_counter() - t
+        del out
+        return dt
+
+    def merge_api(i: int) -> float:  # the merging package's fuse_deltas + restore
+        t = time.perf_counter()
+        h = fuse_deltas(model, upd[i])  # evaluates the new weights
+        restore(model, h)
+        return time.perf_counter() - t
+
+    switchers = {cb: AdapterSwitcher(model, adapters, chunk_bytes=cb) for cb in a.chunk_kb}
+
+    def switch(cb: int, i: int) -> float:  # restore the previous adapter, fuse the next
+        sw = switchers[cb]
+        t = time.perf_counter()
+        sw.apply(Decision([i], [1.0], []))
+        return time.perf_counter() - t
+
+    one_pass()
+    merge_api(0)
+    passes, merges = [], []
+    sw_times: dict = {cb: [] for cb in switchers}
+    for k in range(a.reps * 2):
+        passes.append(one_pass())
+        merges.append(merge_api(k % len(adapters)))
+        for cb, sw in switchers.items():
+            if not sw.active:
+                switch(cb, 3)  # first fuse allocates; steady-state switches reuse buffers
+            sw_times[cb].append(switch(cb, k % len(adapters)))
+            sw.restore()
+            sw.apply(Decision([(k + 1) % len(adapters)], [1.0], []))
+        for sw in switchers.values():
+            sw.restore()
+    for sw in switchers.values():
+        sw.release()
+    p = min(passes)
+    by_chunk = {
+        f"{cb // 1024}KB": {
+            "s": round(min(v), 5),
+            "ratio": round(min(v) / p, 4),
+            "median_ratio": round(statistics.median(v) / statistics.median(passes), 4),
+        }
+        for cb, v in sw_times.items()
+    }
+    best = min(by_chunk, key=lambda k: by_chunk[k]["ratio"])
+    return {
+        "adapted_weight_bytes": nbytes,
+        "read_write_pass_s": round(p, 5),
+        "pass_GBps": round(2 * nbytes / p / 1e9, 2),
+        "switcher_by_chunk": by_chunk,
+        "best_chunk": best,
+        "ratio": by_chunk[best]["ratio"],
+        "target": "<= 1.5",
+        "merge_fuse_deltas_restore_s": round(min(merges), 5),
+        "merge_fuse_deltas_ratio": round(min(merges) / p, 4),
+        "note": "min over runs; switch = restore (array swap) + stream-fuse the next adapter into the old buffers",
+    }
+
+
+def bench_prefill(model, adapters, a) -> dict:
+    from mlx_mixlora.lora import attach_lora, detach_lora
+
+    rng = np.random.default_rng(2)
+    toks = [rng.integers(3, a.vocab, a.prefill_len).tolist() for _ in range(8)]
+    batch = mx.array(toks)
+    mixed_idx = [0, 1, 2, 3, 0, 1, 2, 3]
+
+    def timed(fn) -> float:
+        fn()
+        ts = []
+        for _ in range(a.reps):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return min(ts)
+
+    out: dict = {"prompts": 8, "tokens_per_prompt": a.prefill_len, "adapters_in_batch": 4}
+    attach_lora(model, adapters[0].config, adapters[0].weights)
+    out["one_adapter_lora_s"] = round(timed(lambda: mx.eval(model(batch))), 4)
+    detach_lora(model)
+    for backend in ("grouped", "gather"):
+        attach_mixed(model, adapters, backend=backend)
+        out[f"mixed_{backend}_s"] = round(
+            timed(lambda: mx.eval(mixed_forward(model, toks, mixed_idx))), 4
+        )
+        out[f"one_adapter_mixed_{backend}_s"] = round(
+            timed(lambda: mx.eval(mixed_forward(model, toks, [0] * 8))), 4
+        )
+        detach_mixed(model)
+    mx.eval(model(batch))
+    out["base_s"] = round(timed(lambda: mx.eval(model(batch))), 4)
+    best = "grouped" if mx.default_device() == mx.cpu else "gather"
+    out["backend"] = best
+    out["ratio"] = round(out["one_adapter_lora_s"] / out[f"mixed_{best}_s"], 4)
+    out["target"] = ">= 0.8 (throughput of the mixed batch / the one-adapter batch)"
+    out["tokens_per_s_mixed"] = round(8 * a.prefill_len / out[f"mixed_{best}_s"], 1)
+    return out
+
+
+def bench_peft(adapters, a) -> dict:
+    try:
+        import torch
+        from peft import LoraConfig, get_peft_model
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError as e:
+        return {"skipped": f"torch/peft not installed ({e})"}
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=a.hidden,
+        intermediate_size=a.intermediate,
+        num_hidden_layers=a.layers,
+        num_attention_heads=a.heads,
+        num_key_value_heads=a.kv_heads,
+        vocab_size=a.vocab,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
+    base = LlamaForCausalLM(cfg).eval()
+    lc = LoraConfig(r=a.rank, lora_alpha=2 * a.rank, target_modules=TARGETS, lora_dropout=0.0)
+    model = get_peft_model(base, lc, adapter_name="a0")
+    for i in range(1, len(adapters)):
+        model.add_adapter(f"a{i}", lc)
+    with torch.no_grad():  # same numbers as ours, so the work is identical
+        for i, ad in enumerate(adapters):
+            for n, mod in model.named_modules():
+                if hasattr(mod, "lora_A") and f"a{i}" in mod.lora_A:
+                    p = n.replace("base_model.model.", "")
+                    mod.lora_A[f"a{i}"].weight.copy_(
+                        torch.from_numpy(np.array(ad.weights[f"{p}.lora_a"]))
+                    )
+                    mod.lora_B[f"a{i}"].weight.copy_(
+                        torch.from_numpy(np.array(ad.weights[f"{p}.lora_b"]))
+                    )
+    rng = np.random.default_rng(2)
+    ids = torch.tensor(rng.integers(3, a.vocab, (8, a.prefill_len)))
+    names = [f"a{i}" for i in [0, 1, 2, 3, 0, 1, 2, 3]]
+
+    def timed(fn) -> float:
+        with torch.inference_mode():
+            fn()
+            ts = []
+            for _ in range(a.reps):
+                t = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t)
+        return min(ts)
+
+    model.eval()
+    model.set_adapter("a0")
+    one = timed(lambda: model(ids))
+    mixed = timed(lambda: model(ids, adapter_names=names))
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "one_adapter_s": round(one, 4),
+        "mixed_adapter_names_s": round(mixed, 4),
+        "ratio": round(one / mixed, 4),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--out", default="benchmarks/results/routing.json")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--prefill-len", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--no-peft", action="store_true")
+    ap.add_argument(
+        "--only", default="decode,switch,prefill,peft", help="comma list of parts to run"
+    )
+    ap.add_argument("--chunk-kb", default="64,256,1024", help="AdapterSwitcher chunk sizes to time")
+    ap.add_argument("--quick", action="store_true", help="tiny shapes: a smoke test, not a result")
+    a = ap.parse_args()
+    a.chunk_kb = [int(x) * 1024 for x in a.chunk_kb.split(",")]
+    only = set(a.only.split(","))
+    a.hidden, a.intermediate, a.heads, a.kv_heads, a.vocab = 2048, 5632, 32, 4, 32000
+    if a.quick:
+        a.hidden, a.intermediate, a.heads, a.kv_heads, a.vocab = 128, 256, 4, 2, 512
+        a.layers, a.reps, a.decode_tokens = 2, 2, 16
+    res: dict = {
+        "benchmark": "routing",
+        "device": str(mx.default_device()),
+        "mlx": mx.__version__,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "shape": {
+            k: getattr(a, k)
+            for k in ("hidden", "intermediate", "heads", "kv_heads", "vocab", "layers", "rank")
+        },
+        "dtype": "float32",
+        "quick": a.quick,
+        "load_before": load(),
+    }
+    model = make_model(a)
+    adapters = make_adapters(model, 4, a.rank, a.layers)
+    for name, fn in (
+        ("decode", bench_decode),
+        ("switch", bench_switch),
+        ("prefill", bench_prefill),
+    ):
+        if name not in only:
+            continue
+        res[name] = fn(model, adapters, a)
+        res[name]["load"] = load()
+        print(name, json.dumps(res[name]), file=sys.stderr)
+    if not a.no_peft and "peft" in only:
+        res["peft"] = bench_peft(adapters, a)
+        res["peft"]["load"] = load()
+        if "mixed_adapter_names_s" in res["peft"] and "prefill" in res:
+            res["peft"]["ours_mixed_vs_peft_mixed_speedup"] = round(
+                res["peft"]["mixed_adapter_names_s"]
+                / res["prefill"][f"mixed_{res['prefill']['backend']}_s"],
+                3,
+            )
+        print("peft", json.dumps(res["peft"]), file=sys.stderr)
+    checks = {
+        "decode": ("decode_ratio>=0.97", lambda r: r >= 0.97),
+        "switch": ("switch_ratio<=1.5", lambda r: r <= 1.5),
+        "prefill": ("prefill_ratio>=0.8", lambda r: r >= 0.8),
+    }
+    res["targets_met"] = {key: ok(res[n]["ratio"]) for n, (key, ok) in checks.items() if n in res}
+    res["load_after"] = load()
+    write_json(Path(a.out), res)
+    print(json.dumps(res["targets_met"]))
+
+
+if __name__ == "__main__":
+    main()
