@@ -32,7 +32,7 @@ from ..merge.methods import METHODS
     help="TIES sign election.",
 )
 @click.option("--oversample", type=int, default=16, show_default=True, help="Randomized SVD.")
-@click.option("--power-iters", type=int, default=4, show_default=True, help="Randomized SVD.")
+@click.option("--power-iters", type=int, default=3, show_default=True, help="Randomized SVD.")
 @click.option("--name", help="Name recorded in the merged adapter's config.")
 @click.option("-o", "--out", "out", required=True, type=click.Path(), help="Output directory.")
 @click.option(

@@ -27,9 +27,10 @@ factor_<m>             PEFT's factor-space `m` (A, B merged separately,       li
 
 PEFT's ``density`` for DARE is the keep probability: ``drop = 1 - density``.
 Dense methods (ties/dare/prune) come back as a low-rank adapter by randomized SVD
-(oversampling + power iterations, seeded) at `rank` (default Σr), with the relative
-Frobenius error per module (`errors`) and overall (`rel_error`) — defaults: oversample 16, 4 power iterations, near-optimal to ~1e-7 on merged deltas — or, with
-``output="deltas"``, as dense ΔW per module.
+at `rank` (default Σr): Gaussian sketch with oversampling 16 and 3 power
+iterations, seeded, within ~1e-8 of the optimal rank-r error on merged deltas.
+The relative Frobenius error is reported per module (`errors`) and overall
+(`rel_error`). With ``output="deltas"`` any method returns dense ΔW per module.
 
 API::
 

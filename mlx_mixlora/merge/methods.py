@@ -100,9 +100,9 @@ class MergeResult:
         return self.factors() if self.low_rank else dict(self.deltas)
 
 
-def _stable_key(seed: int, *parts: object) -> mx.array:
-    h = zlib.crc32(":".join(str(p) for p in (seed, *parts)).encode())
-    return mx.random.key(h)
+def _stable_seed(seed: int, *parts: object) -> int:
+    """A seed per (merge seed, module, adapter): masks do not depend on module order."""
+    return zlib.crc32(":".join(str(p) for p in (seed, *parts)).encode())
 
 
 def check_compatible(adapters: Sequence[tuple[AdapterConfig, dict]]) -> None:
@@ -183,7 +183,7 @@ def merge_adapters(
     majority_sign: str = "total",
     output: str = "adapter",
     oversample: int = 16,
-    power_iters: int = 4,
+    power_iters: int = 3,
     kernel: str = "auto",
     select: str = "auto",
     name: str | None = None,
@@ -248,27 +248,35 @@ def merge_adapters(
         scales = [configs[i].scale_of(path) for i in present]
         ws = [wv[i] for i in present]
 
-        def keep_masks(key: str, shape: tuple[int, ...], _present=present) -> mx.array:
-            ms = []
+        def draws(key: str, shape: tuple[int, ...], _present=present) -> mx.array:
+            """DARE's U[0,1) per adapter; a user `mask_fn` maps keep -> 0, drop -> 1."""
+            us = []
             for i in _present:
                 if mask_fn is not None:
-                    ms.append(mask_fn(key, i, shape[1:]).astype(mx.bool_))
+                    us.append(mx.where(mask_fn(key, i, shape[1:]).astype(mx.bool_), 0.0, 1.0))
                 else:
-                    ms.append(kernels.dare_mask(shape[1:], drop, _stable_key(seed, key, i)))
-            return mx.stack(ms)
+                    us.append(kernels.dare_uniform(shape[1:], _stable_seed(seed, key, i)))
+            return mx.stack(us)
 
         def reduce(stack: mx.array, wvec: list[float], key: str) -> mx.array:
-            keep, scale, thr = None, 1.0, None
+            uni, scale, thr, keep = None, 1.0, None, None
             if dare:
-                keep, scale = keep_masks(key, stack.shape), 1.0 / (1.0 - drop)
+                uni, scale = draws(key, stack.shape), 1.0 / (1.0 - drop)
             if trim:
-                src = stack if keep is None else mx.where(keep, stack, mx.zeros_like(stack))
+                src = stack if uni is None else mx.where(uni < 1.0 - drop, stack, 0.0)
                 thr = kernels.trim_thresholds(src, density, select)
                 if thr is None:  # ties straddle a threshold: an explicit exact mask
-                    tk = kernels.topk_mask(src, density, select)
-                    keep = tk if keep is None else keep & tk
+                    keep = kernels.topk_mask(src, density, select)
             return kernels.merge_slices(
-                stack, wvec, majority_sign if elect else None, thr, keep, scale, kernel
+                stack,
+                wvec,
+                majority_sign if elect else None,
+                thr,
+                keep,
+                scale,
+                kernel,
+                uniform=uni,
+                keep_below=1.0 - drop if dare else 1.0,
             )
 
         if method in EXACT:
@@ -294,7 +302,11 @@ def merge_adapters(
             else:
                 r = rank or total_rank
                 b, a, err, norm2 = randomized_svd(
-                    merged, r, oversample, power_iters, key=_stable_key(seed, "svd", path)
+                    merged,
+                    r,
+                    oversample,
+                    power_iters,
+                    key=mx.random.key(_stable_seed(seed, "svd", path)),
                 )
                 out_w[f"{path}.lora_b"], out_w[f"{path}.lora_a"] = b, a
                 errors[path] = err
