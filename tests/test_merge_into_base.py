@@ -156,3 +156,26 @@ def test_merge_into_bf16_sharded_base_patches_only_what_changes(tmp_path):
     up = "model.layers.0.mlp.up_proj.weight"
     assert mx.array_equal(got[up], ref[up])
     assert set(got) == set(ref)
+
+
+def test_fuse_reaches_through_a_lora_wrapper():
+    import mlx.nn as nn
+
+    class Wrapper(nn.Module):  # the shape of mlx_mixlora.lora.LoRALinear: base + factors
+        def __init__(self, base):
+            super().__init__()
+            self.base = base
+
+        def __call__(self, x):
+            return self.base(x)
+
+    model = tiny_model()
+    attn = model.model.layers[0].self_attn
+    orig = attn.q_proj.weight
+    attn.q_proj = Wrapper(attn.q_proj)
+    q0 = module_path(0, "q_proj")
+    delta = mx.ones((64, 64)) * 0.25
+    handle = fuse_deltas(model, {q0: delta})
+    assert_close(attn.q_proj.base.weight, np.array(orig) + 0.25)
+    restore(model, handle)
+    assert attn.q_proj.base.weight is orig

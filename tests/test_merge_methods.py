@@ -269,6 +269,8 @@ def test_zero_weight_adapter_takes_no_part_in_ties(three):
         ({"method": "layer_wise", "layer_ranges": "cls0-1"}, "bad layer range"),
         ({"method": "factor_ties", "density": 0.5}, "needs adapters of one rank"),
         ({"method": "svd", "rank": 0}, "rank must be"),
+        ({"method": "ties", "density": 0.5, "oversample": -1}, "oversample"),
+        ({"method": "linear", "output": "dense"}, "output must be"),
     ],
 )
 def test_bad_options_raise_one_clear_error(three, kwargs, msg):

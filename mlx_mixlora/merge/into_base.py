@@ -47,6 +47,8 @@ def _module(model: Any, path: str) -> Any:
             mod = getattr(mod, part, None)
         if mod is None:
             raise MixloraError(f"the model has no module {path}")
+    if not isinstance(getattr(mod, "weight", None), mx.array) and "base" in mod:
+        mod = mod.base  # a LoRA wrapper (mlx_mixlora.lora.LoRALinear): fuse into its base
     if "scales" in mod or not isinstance(getattr(mod, "weight", None), mx.array):
         raise MixloraError(f"{path} is not a plain (unquantized) Linear; cannot fuse into it")
     return mod

@@ -220,6 +220,8 @@ def merge_adapters(
         )
     if rank is not None and rank < 1:
         raise MixloraError(f"rank must be >= 1, got {rank}")
+    if oversample < 0 or power_iters < 0:
+        raise MixloraError("oversample and power iterations must be >= 0")
     if method in FACTOR and len({c.rank_of(p) for c in configs for p in c.module_paths()}) > 1:
         raise MixloraError(
             f"{method} (PEFT's factor space) needs adapters of one rank; use cat/svd or ties"
