@@ -85,3 +85,46 @@ def test_route_eval_refuses_unknown_router_without_output(routing_dirs, tmp_path
     )
     assert r.exit_code == 1 and "needs --gate" in r.output
     assert not out.exists()
+
+
+def test_route_eval_scores_match_the_oracle_when_routing_is_perfect(
+    routing_dirs, gate_dir, tmp_path
+):  # noqa: F811
+    model_dir, ads = routing_dirs
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(
+        main,
+        [
+            "route",
+            "eval",
+            "--model",
+            str(model_dir),
+            "--adapters",
+            *ads,
+            "--gate",
+            str(gate_dir),
+            "--routers",
+            "gate,uniform",
+            "--n",
+            "10",
+            "--score",
+            "3",
+            "--no-plots",
+            "-o",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "routing.json").read_text())
+    sc = rep["scores"]
+    assert set(sc) == {"gate", "uniform", "oracle"}
+    assert set(sc["gate"]["tasks"]) == {"classification", "qa", "summarization", "sentiment"}
+    assert all(v["routing_accuracy"] == 1.0 for v in sc["gate"]["tasks"].values())
+    assert (
+        sc["gate"]["tasks"] == sc["oracle"]["tasks"]
+    )  # same routes, same fused weights, same scores
+    assert sc["gate"]["retention_vs_oracle"] == 1.0
+    assert sc["uniform"]["tasks"]["qa"]["routed_to"] == {
+        "0": 3
+    }  # all adapters merged (top weight: first)
+    assert not list(out.glob("*.png"))

@@ -43,6 +43,14 @@ def route() -> None:
 @click.option(
     "--layer", type=int, default=None, help="Centroid embedding layer [the gate's, else default]."
 )
+@click.option(
+    "--score",
+    "n_score",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Also score N prompts per task on each router's routed adapters (and the oracle's).",
+)
 @click.option("--plots/--no-plots", default=True, show_default=True)
 @click.option("-o", "--out", "out", required=True, type=click.Path(), help="Output directory.")
 @click.option("--overwrite", is_flag=True)
@@ -57,6 +65,7 @@ def eval_(
     n_per_task,
     n_train,
     layer,
+    n_score,
     plots,
     out,
     overwrite,
@@ -106,6 +115,7 @@ def eval_(
         results[k] = evaluate_routing(
             r, s.model, s.tokenizer, prompts, labels, mode="all" if k == "uniform" else "top1"
         )
+    scores = _task_scores(s, built, task_list, split, n_score, data) if n_score > 0 else None
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if plots:
             for k, res in results.items():
@@ -121,14 +131,43 @@ def eval_(
                 "n_per_task": n_per_task,
                 "labels": labels,
                 "results": results,
+                **({"scores": scores} if scores else {}),
             },
         )
     click.echo(f"{'router':<10} accuracy   (n={len(labels)}, {split} split)")
     for k, res in results.items():
-        click.echo(f"{k:<10} {res['accuracy']:8.1%}")
+        line = f"{k:<10} {res['accuracy']:8.1%}"
+        if scores:
+            sc = scores[k]
+            line += f"   task score {sc['mean']:.4f} ({sc['retention_vs_oracle']:.1%} of oracle)"
+        click.echo(line)
     click.echo(f"wrote {out}")
 
 
 def _gate_layer(built: dict) -> int | None:
     g = built.get("gate")
     return g.layer if g is not None else None
+
+
+def _task_scores(s, built: dict, task_list: list[str], split: str, n: int, data: str) -> dict:
+    """Task metrics with each router's decisions fused in; mean and retention vs the oracle."""
+    from ..route import OracleRouter, score_routed
+    from ..tasks import get_task, load_examples
+
+    routers = dict(built)
+    routers.setdefault("oracle", OracleRouter(len(s.adapters)))
+    out: dict = {}
+    for k, r in routers.items():
+        per = {}
+        for i, t in enumerate(task_list):
+            task = get_task(t)
+            ex = load_examples(task, data, split, n=n)
+            mode = "all" if k == "uniform" else "top1"
+            res = score_routed(s.model, s.tokenizer, task, ex, r, s.adapters, label=i, mode=mode)
+            per[t] = {key: round(v, 4) if isinstance(v, float) else v for key, v in res.items()}
+        out[k] = {"tasks": per, "mean": sum(v["score"] for v in per.values()) / len(per)}
+    for v in out.values():
+        v["retention_vs_oracle"] = (
+            v["mean"] / out["oracle"]["mean"] if out["oracle"]["mean"] else 0.0
+        )
+    return out
