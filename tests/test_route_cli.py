@@ -87,9 +87,7 @@ def test_route_eval_refuses_unknown_router_without_output(routing_dirs, tmp_path
     assert not out.exists()
 
 
-def test_route_eval_scores_match_the_oracle_when_routing_is_perfect(
-    routing_dirs, gate_dir, tmp_path
-):  # noqa: F811
+def test_route_eval_scores_equal_oracle(routing_dirs, gate_dir, tmp_path):  # noqa: F811
     model_dir, ads = routing_dirs
     out = tmp_path / "eval"
     r = CliRunner().invoke(
