@@ -139,7 +139,9 @@ def eval_(
         line = f"{k:<10} {res['accuracy']:8.1%}"
         if scores:
             sc = scores[k]
-            line += f"   task score {sc['mean']:.4f} ({sc['retention_vs_oracle']:.1%} of oracle)"
+            ret = sc["retention_vs_oracle"]
+            line += f"   task score {sc['mean']:.4f}"
+            line += f" ({ret:.1%} of oracle)" if ret is not None else " (oracle scores 0)"
         click.echo(line)
     click.echo(f"wrote {out}")
 
