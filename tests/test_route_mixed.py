@@ -87,3 +87,27 @@ def test_bad_routes_are_refused(tmp_path):
         model(mx.array([[1, 2, 3]]))
     with pytest.raises(MixloraError, match="backend"):
         attach_mixed(tiny_model(), ads, backend="loop")
+
+
+def test_mixed_generate_matches_per_row_greedy_generation(tmp_path):
+    from mlx_lm.generate import generate_step
+
+    from mlx_mixlora.route import mixed_generate
+
+    model = tiny_model(layers=2)
+    ads = _adapters(tmp_path, model)
+    rng = np.random.default_rng(3)
+    toks = [rng.integers(3, 90, size=n).tolist() for n in (6, 3, 9, 5)]
+    idx = [1, -1, 0, 2]
+    want = []
+    for t, i in zip(toks, idx, strict=True):
+        if i >= 0:
+            attach_lora(model, ads[i].config, ads[i].weights)
+        steps = generate_step(mx.array(t), model)
+        want.append([int(next(steps)[0]) for _ in range(6)])
+        if i >= 0:
+            detach_lora(model)
+    attach_mixed(model, ads)
+    got = mixed_generate(model, toks, idx, max_tokens=6)
+    assert got == want
+    assert len({tuple(g) for g in got}) > 1

@@ -42,6 +42,13 @@ from .gate_cmd import GreedyCommand
     "--temp", type=float, default=0.0, show_default=True, help="Sampling temperature (0: greedy)."
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Batch mode: prompts per mixed-adapter batch (1: one prompt at a time, fused).",
+)
 @click.option("--overwrite", is_flag=True)
 def generate(
     model_dir,
@@ -57,6 +64,7 @@ def generate(
     max_tokens,
     temp,
     seed,
+    batch_size,
     overwrite,
 ) -> None:
     """Route to an adapter, print the choice and the router's weights, then the answer."""
@@ -84,6 +92,8 @@ def generate(
         )
     if max_tokens < 1:
         raise MixloraError("--max-tokens must be >= 1")
+    if batch_size < 1:
+        raise MixloraError("--batch-size must be >= 1")
     kind = router or ("gate" if gate_dir else "arrow")
     rows = None
     if jsonl:
@@ -129,7 +139,10 @@ def generate(
         click.echo(f"adapter: {info['adapter']}  ({kind} weights: {weights})")
         click.echo(res.text)
         return
-    results = generate_many(s.model, s.tokenizer, s.adapters, r, [x["prompt"] for x in rows], **kw)
+    prompts = [x["prompt"] for x in rows]
+    results = generate_many(
+        s.model, s.tokenizer, s.adapters, r, prompts, batch_size=batch_size, **kw
+    )
     lines = [
         json.dumps({**row, **describe(g.decision), "generation": g.text})
         for row, g in zip(rows, results, strict=True)

@@ -31,6 +31,7 @@ Python API (what the demo report uses)::
 
     R.attach_mixed(model, adapters)                       # mixed-adapter batches
     logits = R.mixed_forward(model, token_lists, indices) # row b uses adapter indices[b]
+    R.mixed_generate(model, token_lists, indices, max_tokens=32)  # batched decode, per-row adapters
     R.detach_mixed(model)
 
     R.score_routed(model, tok, task, examples, gate, adapters, label=i)  # task metrics, routed
@@ -54,7 +55,14 @@ from .evaluate import (
 )
 from .fused import RoutedGeneration, decision_updates, fused, generate_many, generate_routed
 from .gate import GateConfig, GateMLP, check_gate_adapters, load_gate, save_gate, train_gate
-from .mixed import MixedLoRALinear, attach_mixed, detach_mixed, mixed_forward, set_routes
+from .mixed import (
+    MixedLoRALinear,
+    attach_mixed,
+    detach_mixed,
+    mixed_forward,
+    mixed_generate,
+    set_routes,
+)
 from .routers import (
     ArrowRouter,
     CentroidRouter,
@@ -117,6 +125,7 @@ __all__ = [
     "load_gate_router",
     "mean_pool",
     "mixed_forward",
+    "mixed_generate",
     "plot_confusion",
     "plot_weights",
     "prompt_features",

@@ -125,24 +125,63 @@ def generate_many(
     threshold: float = 0.5,
     max_tokens: int = 32,
     sampler: Any = None,
+    batch_size: int = 8,
 ) -> list[RoutedGeneration]:
-    """Route all prompts in one batched pass, then fuse once per distinct decision and
-    generate that group's prompts (one fuse + restore per group, not per prompt)."""
-    from mlx_lm.generate import stream_generate
+    """Route all prompts in one batched pass, then generate.
 
+    One adapter per prompt (top1 / threshold) and `batch_size` > 1: mixed-adapter
+    batches (`mixed_generate`, one forward per step whatever the adapters).
+    Otherwise (mixtures, or `batch_size` <= 1): fuse once per distinct decision
+    (`AdapterSwitcher`) and generate that group's prompts one by one.
+    """
     from .routers import encode_prompts
 
     token_lists = encode_prompts(tokenizer, prompts)
     decisions = decide(router.probs(model, token_lists), mode, top_k=top_k, threshold=threshold)
+    if batch_size > 1 and all(len(d.indices) <= 1 for d in decisions):
+        return _generate_mixed(
+            model, tokenizer, adapters, token_lists, decisions, max_tokens, sampler, batch_size
+        )
+    return _generate_grouped(
+        model, tokenizer, adapters, token_lists, decisions, max_tokens, sampler
+    )
+
+
+def _generate_mixed(
+    model, tokenizer, adapters, token_lists, decisions, max_tokens, sampler, batch_size
+):
+    from .mixed import attach_mixed, detach_mixed, mixed_generate
+
+    eos = list(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
+    out: list[RoutedGeneration] = []
+    attach_mixed(model, adapters)
+    try:
+        for s in range(0, len(token_lists), batch_size):
+            idx = [d.top1 for d in decisions[s : s + batch_size]]
+            toks = mixed_generate(
+                model, token_lists[s : s + batch_size], idx, max_tokens, eos, sampler
+            )
+            out += [
+                RoutedGeneration(d, tokenizer.decode(t), t)
+                for d, t in zip(decisions[s : s + batch_size], toks, strict=True)
+            ]
+    finally:
+        detach_mixed(model)
+    return out
+
+
+def _generate_grouped(model, tokenizer, adapters, token_lists, decisions, max_tokens, sampler):
+    from mlx_lm.generate import stream_generate
+
+    from .switch import AdapterSwitcher
+
     groups: dict[tuple, list[int]] = {}
     for i, d in enumerate(decisions):
         groups.setdefault((tuple(d.indices), tuple(round(w, 6) for w in d.weights)), []).append(i)
     kw: dict[str, Any] = {"max_tokens": max_tokens}
     if sampler is not None:
         kw["sampler"] = sampler
-    out: list[RoutedGeneration | None] = [None] * len(prompts)
-    from .switch import AdapterSwitcher
-
+    out: list[RoutedGeneration | None] = [None] * len(token_lists)
     switcher = AdapterSwitcher(model, adapters)
     for members in groups.values():
         with fused(model, adapters, decisions[members[0]], switcher):

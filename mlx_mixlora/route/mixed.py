@@ -150,11 +150,56 @@ def mixed_forward(
     return model(batch)
 
 
+def mixed_generate(
+    model: Any,
+    token_lists: Sequence[Sequence[int]],
+    indices: Sequence[int],
+    max_tokens: int = 32,
+    eos_ids: Sequence[int] = (),
+    sampler: Any = None,
+) -> list[list[int]]:
+    """Decode a batch where row b uses adapter indices[b] (-1: base), in one pass per step.
+
+    Prompts are left-padded into mlx-lm's `BatchKVCache` (per-row offsets and
+    masks); `sampler` maps log-probs [B, V] to tokens [B] (default greedy).
+    A row stops at its first EOS token; the batch stops when every row has.
+    """
+    from mlx_lm.models.cache import BatchKVCache
+
+    if max_tokens < 1:
+        raise MixloraError(f"max_tokens must be >= 1, got {max_tokens}")
+    if any(len(t) == 0 for t in token_lists):
+        raise MixloraError("cannot generate from an empty prompt")
+    t = max(len(x) for x in token_lists)
+    pad = [t - len(x) for x in token_lists]
+    batch = mx.array([[0] * p + list(x) for p, x in zip(pad, token_lists, strict=True)])
+    cache = [BatchKVCache(pad) for _ in model.layers]
+    set_routes(model, indices)
+    eos = set(int(e) for e in eos_ids)
+    out: list[list[int]] = [[] for _ in token_lists]
+    done = [False] * len(token_lists)
+    logits = model(batch, cache=cache)[:, -1, :]
+    for _ in range(max_tokens):
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        y = sampler(logprobs) if sampler is not None else mx.argmax(logprobs, axis=-1)
+        for i, v in enumerate(y.tolist()):
+            if not done[i]:
+                if v in eos:
+                    done[i] = True
+                else:
+                    out[i].append(int(v))
+        if all(done):
+            break
+        logits = model(y[:, None], cache=cache)[:, -1, :]
+    return out
+
+
 __all__ = [
     "MixedLoRALinear",
     "attach_mixed",
     "detach_mixed",
     "get_module",
     "mixed_forward",
+    "mixed_generate",
     "set_routes",
 ]
