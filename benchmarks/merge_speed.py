@@ -12,8 +12,14 @@ Error reference: PEFT's own `merge_utils` math on the dense deltas (what its
 sides are fed the same masks (PEFT's `random_pruning` patched, ours via
 `mask_fn`), while the timed runs use each side's own RNG.
 
+Timings are wall-clock; ours also reports process CPU time, and the speedup is
+also given against PEFT's times measured on a quiet machine (--peft-reference),
+because on a shared 2-core box PEFT's multi-threaded SVD slows down far more
+under load than our mostly single-threaded kernels.
+
 Into-base: fusing into a saved MLX model dir vs one read+write pass over the
-affected weights (and vs copying the whole weights file).
+affected weights (and vs copying the whole weights file, which a new model dir
+with a single-file checkpoint cannot avoid).
 
     python benchmarks/merge_speed.py --out benchmarks/results/merge_speed.json
 """
@@ -175,12 +181,13 @@ def time_ours(ours, method, kw, repeats):
     t = time.perf_counter()
     res = merge_adapters(ours, method, weights=WEIGHTS, **kw)
     cold = time.perf_counter() - t
-    warm = []
+    warm, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         res = merge_adapters(ours, method, weights=WEIGHTS, **kw)
         warm.append(time.perf_counter() - t)
-    return res, cold, warm
+        cpu.append(time.process_time() - c)
+    return res, cold, warm, cpu
 
 
 def bench_merges(model, ours, args):
@@ -194,13 +201,19 @@ def bench_merges(model, ours, args):
         if args.only and ct not in args.only.split(","):
             continue
         row = {"peft": ct, "ours": method, "ours_kwargs": kw, "peft_kwargs": pkw}
-        res, cold, warm = time_ours(ours, method, kw, args.repeats)
-        row.update(ours_cold_s=cold, ours_warm_s=min(warm), ours_warm_all_s=warm)
+        res, cold, warm, cpu = time_ours(ours, method, kw, args.repeats)
+        row.update(
+            ours_cold_s=cold, ours_warm_s=min(warm), ours_warm_all_s=warm, ours_cpu_s=min(cpu)
+        )
+        if args.peft_reference and ct in args.peft_reference:
+            row["peft_reference_s"] = args.peft_reference[ct]
+            row["speedup_vs_reference"] = args.peft_reference[ct] / row["ours_warm_s"]
         if not args.skip_peft:
             name = f"m_{ct}"
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             model.add_weighted_adapter(NAMES, WEIGHTS, name, combination_type=ct, **pkw)
             row["peft_s"] = time.perf_counter() - t
+            row["peft_cpu_s"] = time.process_time() - c
             row["speedup_warm"] = row["peft_s"] / row["ours_warm_s"]
             row["speedup_cold"] = row["peft_s"] / row["ours_cold_s"]
             peft_d = peft_deltas(model, name)
@@ -338,7 +351,15 @@ def main() -> None:
     ap.add_argument("--skip-peft", action="store_true")
     ap.add_argument("--skip-into-base", action="store_true")
     ap.add_argument("--tmp", default=None, help="where the into-base model dirs go")
+    ap.add_argument(
+        "--peft-reference",
+        default="ties_svd=21.3,svd=13.4",
+        help="PEFT seconds measured on a quiet machine (the issue's numbers), TYPE=S,...",
+    )
     args = ap.parse_args()
+    args.peft_reference = {
+        k: float(v) for k, v in (kv.split("=") for kv in args.peft_reference.split(",") if kv)
+    }
 
     import peft
     import torch
