@@ -36,9 +36,14 @@ Python API (what the demo report uses)::
 
     R.score_routed(model, tok, task, examples, gate, adapters, label=i)  # task metrics, routed
 
-CLI: ``mixlora gate train``, ``mixlora generate``, ``mixlora route eval``.
-The single-prompt path reuses the routing pass's KV cache for layers < L when
-every chosen adapter sits at layers >= L (see `embed.RoutedPrefill`).
+CLI: ``mixlora gate train``, ``mixlora generate`` (``--jsonl`` batch mode runs
+mixed-adapter batches), ``mixlora route eval`` (``--score N`` adds routed task
+scores and their retention vs the oracle).
+
+Features: the mean hidden state after L decoder layers (L=0: token embeddings);
+by default L is the lowest adapted layer, capped at n_layers/2. The single-prompt
+path reuses the routing pass's KV cache for layers < L when every chosen adapter
+sits at layers >= L (see `embed.RoutedPrefill`). Arrow: see `routers`/`arrow`.
 """
 
 from .adapters import Adapter, adapter_index, load_adapters
