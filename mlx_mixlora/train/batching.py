@@ -124,17 +124,24 @@ def batches_per_epoch(
     return len(epoch_rows(items, batch_size, max_len, pack, seed, 0))
 
 
-def iterate(
+def iterate_rows(
     items: list[Tokenized], batch_size: int, max_len: int, pack: bool, seed: int, start: int = 0
 ):
-    """Endless batches in a reproducible order, starting at global batch `start`."""
+    """Endless batches (lists of rows) in a reproducible order, from global batch `start`."""
     epoch, k = 0, start
     while True:
         plan = epoch_rows(items, batch_size, max_len, pack, seed, epoch)
         if k < len(plan):
-            for rows in plan[k:]:
-                yield make_batch(items, rows, max_len, pack)
+            yield from plan[k:]
             k = 0
         else:
             k -= len(plan)
         epoch += 1
+
+
+def iterate(
+    items: list[Tokenized], batch_size: int, max_len: int, pack: bool, seed: int, start: int = 0
+):
+    """Endless Batch objects; see `iterate_rows`."""
+    for rows in iterate_rows(items, batch_size, max_len, pack, seed, start):
+        yield make_batch(items, rows, max_len, pack)

@@ -37,6 +37,9 @@ class TrainConfig:
     pack: bool = True
     long_policy: str = "truncate"
     grad_checkpoint: bool = False
+    streams: int = (
+        0  # CPU streams a batch is split over; 0 = auto (2 on CPU, 1 on GPU or with dropout)
+    )
     val_every: int = 0  # 0: validate only at the end (when there is validation data)
     val_batches: int = -1  # -1: the whole validation set
     save_every: int = 0  # 0: no intermediate checkpoints
@@ -62,6 +65,7 @@ class TrainConfig:
             ),
             (self.long_policy in LONG_POLICIES, f"long_policy must be one of {LONG_POLICIES}"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+            (0 <= self.streams <= 8, f"streams must be in 0..8, got {self.streams}"),
             (bool(self.targets), "targets must not be empty"),
         ]
         for ok, msg in checks:

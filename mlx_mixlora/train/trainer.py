@@ -9,6 +9,7 @@ the batches, dropout masks and updates of an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -27,10 +28,11 @@ from ..adapter_format import AdapterConfig, save_adapter
 from ..errors import MixloraError
 from ..lora import adapter_weights, attach_lora, detach_lora, model_identity, n_layers, parse_layers
 from . import checkpoint
-from .batching import Batch, batches_per_epoch, epoch_rows, iterate, make_batch
+from .batching import Batch, batches_per_epoch, epoch_rows, iterate_rows, make_batch
 from .config import TrainConfig
 from .data import DataStats, Tokenized, load_examples, prepare
 from .loss import target_loss
+from .parallel import SplitStep, blas_threads, default_streams
 
 
 @dataclass
@@ -240,13 +242,12 @@ def _run(
     optimizer.init(model.trainable_parameters())
     model.train()
 
-    loss_vg = nn.value_and_grad(model, partial(target_loss, grad_checkpoint=cfg.grad_checkpoint))
+    loss = partial(target_loss, grad_checkpoint=cfg.grad_checkpoint)
     state = [model.state, optimizer.state, mx.random.state]
     accum, clip = cfg.grad_accum, cfg.clip_grad
+    n_streams = 1 if cfg.dropout > 0 else (cfg.streams or default_streams())
 
-    @partial(mx.compile, inputs=state, outputs=state)
-    def step(arrays, prev_grad, do_update):
-        (loss, ntok), grad = loss_vg(model, *arrays)
+    def finish(grad, prev_grad, do_update):
         if prev_grad is not None:
             grad = tree_map(lambda a, b: a + b, grad, prev_grad)
         if do_update:
@@ -256,11 +257,82 @@ def _run(
                 grad, _ = optim.clip_grad_norm(grad, clip)
             optimizer.update(model, grad)
             grad = None
-        return loss, ntok, grad
+        return grad
 
-    batches = iterate(
+    if n_streams == 1:
+        loss_vg = nn.value_and_grad(model, loss)
+
+        @partial(mx.compile, inputs=state, outputs=state)
+        def compiled(arrays, prev_grad, do_update):
+            (lvalue, ntok), grad = loss_vg(model, *arrays)
+            return lvalue, ntok, finish(grad, prev_grad, do_update)
+
+        def step(rows, prev_grad, do_update):
+            b = make_batch(items, rows, cfg.max_seq_len, cfg.pack)
+            return (*compiled(_arrays(b), prev_grad, do_update), b.n_tokens)
+
+    else:  # see parallel.py: one compiled value-and-grad per CPU stream
+        split = SplitStep(model, loss, n_streams)
+
+        def step(rows, prev_grad, do_update):
+            k = min(n_streams, len(rows))
+            cuts = [round(i * len(rows) / k) for i in range(k + 1)]
+            parts = [
+                make_batch(items, rows[a:b], cfg.max_seq_len, cfg.pack)
+                for a, b in zip(cuts, cuts[1:], strict=False)
+            ]
+            lvalue, ntok, grad = split([_arrays(b) for b in parts])
+            return lvalue, ntok, finish(grad, prev_grad, do_update), sum(b.n_tokens for b in parts)
+
+    batches = iterate_rows(
         items, cfg.batch_size, cfg.max_seq_len, cfg.pack, cfg.seed, start=start * accum
     )
+    with blas_threads(1) if n_streams > 1 else contextlib.nullcontext():
+        return _loop(
+            model,
+            optimizer,
+            state,
+            step,
+            batches,
+            val_items,
+            cfg,
+            acfg,
+            out,
+            overwrite,
+            ckpt_dir,
+            fingerprint,
+            total,
+            stats,
+            start,
+            stop_at,
+            progress,
+            history,
+            n_streams,
+        )
+
+
+def _loop(
+    model,
+    optimizer,
+    state,
+    step,
+    batches,
+    val_items,
+    cfg,
+    acfg,
+    out,
+    overwrite,
+    ckpt_dir,
+    fingerprint,
+    total,
+    stats,
+    start,
+    stop_at,
+    progress,
+    history,
+    n_streams,
+) -> TrainResult:
+    accum = cfg.grad_accum
     mx.reset_peak_memory()
     bar = None
     if progress:
@@ -280,14 +352,15 @@ def _run(
     end = total if stop_at is None else min(total, stop_at)
     it = start
     for it in range(start + 1, end + 1):
-        tic = time.perf_counter()
+        tic, cpu_tic = time.perf_counter(), time.process_time()
         mx.random.seed(step_seed(cfg.seed, it))
         grad, losses, step_tokens = None, [], 0
         for micro in range(accum):
-            b = next(batches)
-            loss, _, grad = step(_arrays(b), grad, micro == accum - 1)
+            loss, _, grad, n_tok = step(next(batches), grad, micro == accum - 1)
             losses.append(loss)
-            step_tokens += b.n_tokens
+            step_tokens += n_tok
+            if grad is not None:
+                mx.eval(grad, loss)
         mx.eval(state, losses)
         dt = time.perf_counter() - tic
         seconds += dt
@@ -298,6 +371,8 @@ def _run(
         train_loss = float(sum(x.item() for x in losses) / accum)
         rec = {
             "step": it,
+            "seconds": dt,
+            "cpu_seconds": time.process_time() - cpu_tic,
             "loss": train_loss,
             "lr": float(optimizer.learning_rate.item()),
             "tokens": step_tokens,
@@ -345,6 +420,7 @@ def _run(
         "final_val_loss": val_loss,
         "tokens": tokens,
         "tokens_per_second": round(tps, 2),
+        "streams": n_streams,
         "data": {
             "examples": stats.examples,
             "truncated": stats.truncated,
