@@ -41,7 +41,7 @@ def stream_fuse(
 class AdapterSwitcher:
     """Puts one decision at a time into the model's Linear weights; `restore()` is bit-exact."""
 
-    def __init__(self, model: Any, adapters: list[Adapter], chunk_bytes: int = 256 * 1024):
+    def __init__(self, model: Any, adapters: list[Adapter], chunk_bytes: int = 1024 * 1024):
         self.model, self.adapters, self.chunk_bytes = model, adapters, chunk_bytes
         self._orig: dict[str, mx.array] = {}  # path -> the base weight, while a fused one is in
         self._spare: dict[str, mx.array] = {}  # path -> a buffer free for reuse
