@@ -156,7 +156,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             adapters[t.name] = tmp / "adapters" / t.name
             train_info[t.name] = {
                 "examples": len(examples),
-                "final_loss": getattr(res, "final_loss", None),
+                "steps": res.steps,
+                "train_loss": None if res.train_loss is None else round(float(res.train_loss), 4),
+                "tokens_per_second": round(float(res.tokens_per_second), 1),
                 "seconds": round(timings[f"train:{t.name}"], 1),
             }
 

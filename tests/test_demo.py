@@ -58,7 +58,7 @@ def _cfg(base, out, **kw):
 
 
 def test_demo_writes_report_matrix_and_plots_reproducibly(tiny_base, tmp_path):
-    res = run_demo(_cfg(tiny_base, tmp_path / "a"))
+    res = run_demo(_cfg(tiny_base, tmp_path / "a", routing=True))
     out = tmp_path / "a"
     assert {p.name for p in out.iterdir()} >= {
         "report.md",
@@ -77,7 +77,7 @@ def test_demo_writes_report_matrix_and_plots_reproducibly(tiny_base, tmp_path):
         assert set(saved["scores"][m]) == {"sentiment", "qa"}
         for cell in saved["scores"][m].values():
             assert 0.0 <= cell["score"] <= 1.0 and cell["n"] == 6
-    assert set(saved["retention"]) == {n for n in names if n.startswith("merge:")}
+    assert set(saved["retention"]) == {n for n in names if n.startswith(("merge:", "route:"))}
     # adapters recorded with their final location, loadable from there
     ad = next(m for m in saved["methods"] if m["name"] == "adapter:qa")
     assert Path(ad["adapter"]).is_dir() and Path(ad["adapter"]).parent.parent == out
@@ -85,7 +85,11 @@ def test_demo_writes_report_matrix_and_plots_reproducibly(tiny_base, tmp_path):
     assert "| adapter:qa |" in report and "![task × method heatmap](heatmap.png)" in report
     assert saved["train_options"]["iters"] == 2 and saved["train"]["qa"]["examples"] == 16
 
-    again = run_demo(_cfg(tiny_base, tmp_path / "b"))
+    route = saved["scores"]["route:gate-top1"]
+    assert {r["routing_accuracy"] for r in route.values()} <= {x / 6 for x in range(7)}
+    assert saved["methods"][-1]["kind"] == "route" and "route:gate-top1" in saved["retention"]
+
+    again = run_demo(_cfg(tiny_base, tmp_path / "b", routing=True))
 
     def strip(r):
         return {

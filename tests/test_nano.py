@@ -8,7 +8,14 @@ import random
 import pytest
 
 from mlx_mixlora.errors import MixloraError
-from mlx_mixlora.nano import NanoRecipe, build_nano_base, cache_root, cached_path, ensure_nano_base
+from mlx_mixlora.nano import (
+    NanoRecipe,
+    build_nano_base,
+    cache_root,
+    cached_path,
+    ensure_nano_base,
+    is_complete,
+)
 from mlx_mixlora.nano.corpus import pretraining_docs
 from mlx_mixlora.tasks import BUILTIN_TASKS
 from mlx_mixlora.tasks.sources import synthetic_rows
@@ -53,14 +60,16 @@ def test_corpus_answers_carry_no_information():
     for task in BUILTIN_TASKS:
         stem = task.template.split("{")[0]
         share = sum(d.startswith(stem) for d in docs) / 400
-        assert 0.15 < share < 0.35, (task.name, share)
+        if task.is_label_task:
+            assert 0.15 < share < 0.35, (task.name, share)
+        else:  # no "Summary: <random headline>" docs: they would teach not to copy
+            assert share == 0.0
     assert not any(d.startswith("News:") for d in pretraining_docs(100, 0, format_share=0.0))
     for task in [t for t in BUILTIN_TASKS if t.is_label_task]:
         rows = synthetic_rows(task, "train", 600, seed=1)
         rng = random.Random(0)
         hits = sum(
-            shuffled_answer_doc(task, r, rng, rows).endswith(" " + task.target_text(r))
-            for r in rows
+            shuffled_answer_doc(task, r, rng).endswith(" " + task.target_text(r)) for r in rows
         )
         chance = 1 / len(task.label_names)
         assert abs(hits / len(rows) - chance) < 0.08, (task.name, hits / len(rows))
@@ -85,7 +94,7 @@ def test_build_loads_like_a_converted_model(cache):
     model, tok = load(path)
     ids = tok.encode("Review: the plot was dull")
     assert ids[0] == tok.bos_token_id == 1 and tok.eos_token_id == 2
-    assert tok.decode(ids[1:]) == "Review: the plot was dull"
+    assert tok.decode(ids[1:]).strip() == "Review: the plot was dull"  # prefix space
     logits = model(mx.array([ids]))
     assert logits.shape == (1, len(ids), 512) and bool(mx.all(mx.isfinite(logits)))
     hf = AutoTokenizer.from_pretrained(str(path))
@@ -119,3 +128,24 @@ def test_build_is_reproducible_and_atomic(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         build_nano_base(tmp_path / "c", TINY, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+@pytest.mark.slow  # full-size corpus, tokenizer and model for one step (~10 s)
+def test_base_cli_build_and_path(tmp_path, cache):
+    from click.testing import CliRunner
+
+    from mlx_mixlora.cli import main
+
+    r = CliRunner().invoke(main, ["base", "path"])
+    assert r.exit_code == 0 and str(cache) in r.output and "not built yet" in r.output
+    out = tmp_path / "nano"
+    r = CliRunner().invoke(main, ["base", "build", "-o", str(out), "--steps", "1", "-q"])
+    assert r.exit_code == 0, r.output
+    assert (
+        is_complete(out)
+        and json.loads((out / "mixlora_source.json").read_text())["recipe"]["steps"] == 1
+    )
+    r = CliRunner().invoke(main, ["base", "build", "-o", str(out), "--steps", "1", "-q"])
+    assert r.exit_code == 1 and "error: output path" in r.output and "already exists" in r.output
+    r = CliRunner().invoke(main, ["base", "build", "--steps", "0"])
+    assert r.exit_code == 1 and "--steps must be >= 1" in r.output

@@ -1,11 +1,12 @@
 """The nano base's pretraining corpus, drawn from the synthetic train split.
 
 Most documents are plain texts (snippets, passages, questions, articles,
-reviews). A share are the tasks' prompts followed by a *random* answer (a label
-drawn uniformly, or another article's headline), independent of the content.
-The base so learns the answer format and the label words, which an
-attention-only LoRA cannot create from nothing, but not the mapping from content
-to answer: it scores at chance until an adapter teaches it the task. Another
+reviews). For the label tasks a share are the prompt followed by a *random*
+label, drawn uniformly and independent of the content. The base so learns the
+answer format and the label words (whose output embeddings an attention-only
+LoRA cannot create from nothing) but not the mapping from content to label: it
+scores at chance until an adapter teaches it the task. Summaries get no such
+documents: a random headline after "Summary:" would teach the base not to copy. Another
 share is a text written twice, so the base learns to copy from its context
 (induction heads), which summarising by extraction needs.
 """
@@ -19,17 +20,13 @@ from ..tasks.sources import synthetic_rows
 from ..tasks.synthetic import unlabeled_texts
 
 
-def shuffled_answer_doc(task: Task, row: dict, rng: random.Random, pool: list[dict]) -> str:
-    """The task prompt with an answer that carries no information about the row."""
-    if task.is_label_task:
-        answer = rng.choice(task.label_names)
-    else:
-        answer = task.target_text(rng.choice(pool))
-    return f"{task.prompt(row)} {answer}"
+def shuffled_answer_doc(task: Task, row: dict, rng: random.Random) -> str:
+    """A label task's prompt with a uniformly drawn label: no information about the row."""
+    return f"{task.prompt(row)} {rng.choice(task.label_names)}"
 
 
 def pretraining_docs(
-    rows_per_task: int, seed: int, format_share: float = 0.25, repeat_share: float = 0.15
+    rows_per_task: int, seed: int, format_share: float = 0.25, repeat_share: float = 0.2
 ) -> list[str]:
     """One document per synthetic train row, tasks interleaved deterministically."""
     rng = random.Random(f"nano-corpus:{seed}")
@@ -42,8 +39,8 @@ def pretraining_docs(
         for row in rows:
             u = rng.random()
             text = " ".join(unlabeled_texts(row))
-            if u < format_share:
-                docs.append(shuffled_answer_doc(t, row, rng, rows))
+            if u < format_share and t.is_label_task:
+                docs.append(shuffled_answer_doc(t, row, rng))
             elif u < format_share + repeat_share:
                 docs.append(f"{text} {text}")  # repeated text: teaches copying (induction)
             else:

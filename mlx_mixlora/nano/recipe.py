@@ -16,6 +16,8 @@ from pathlib import Path
 from ..tasks.synthetic import GENERATOR_VERSION
 
 CACHE_ENV = "MIXLORA_CACHE"
+# Bump when the build code (tokenizer, corpus mix, training loop) changes the weights.
+BUILD_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,10 @@ class NanoRecipe:
     weight_decay: float = 0.01
     corpus_rows_per_task: int = 6000
     format_share: float = 0.25
-    repeat_share: float = 0.15
+    repeat_share: float = 0.2
     seed: int = 0
     generator_version: int = GENERATOR_VERSION
+    build_version: int = BUILD_VERSION
 
     def to_dict(self) -> dict:
         return asdict(self)
