@@ -112,14 +112,15 @@ def test_generate_without_reuse_and_uniform_merge(tmp_path, tok):
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
-def test_switcher_matches_fuse_reuses_buffers_and_restores_exactly(tmp_path):
+@pytest.mark.parametrize("method", ["copy", "stream"])
+def test_switcher_matches_fuse_reuses_buffers_and_restores_exactly(tmp_path, method):
     from mlx_mixlora.route import AdapterSwitcher
 
     model = tiny_model(layers=2)
     ads = _adapters(tmp_path, model, layers=(0, 1))
     before = params(model)
     toks = mx.array([[1, 5, 9, 33, 12, 7]])
-    sw = AdapterSwitcher(model, ads, chunk_bytes=1024)  # several chunks per weight
+    sw = AdapterSwitcher(model, ads, chunk_bytes=1024, method=method)  # stream: several chunks
     seq = [
         Decision([0], [1.0], []),
         Decision([2, 1], [0.6, 0.4], []),
@@ -139,7 +140,8 @@ def test_switcher_matches_fuse_reuses_buffers_and_restores_exactly(tmp_path):
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
-def test_switcher_writes_into_the_previous_buffers():
+@pytest.mark.parametrize("method", ["copy", "stream"])
+def test_switcher_writes_into_the_previous_buffers(method):
     """Steady-state switches allocate no second copy of the adapted weights (donated buffers)."""
     from mlx_lm.models import llama
 
@@ -172,7 +174,8 @@ def test_switcher_writes_into_the_previous_buffers():
         mx.eval(w)
         ads.append(Adapter(f"s{i}", "", cfg, w, str(i)))
     adapted = sum(_weight(model, p).nbytes for p in ads[0].module_paths())
-    sw = AdapterSwitcher(model, ads, chunk_bytes=32 * 1024)  # MLX keeps ~16 chunks in flight
+    # stream: MLX keeps ~16 chunks in flight, so keep them small here
+    sw = AdapterSwitcher(model, ads, chunk_bytes=32 * 1024, method=method)
     sw.apply(Decision([0], [1.0], []))
     active = mx.get_active_memory()
     mx.reset_peak_memory()

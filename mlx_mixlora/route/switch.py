@@ -1,12 +1,17 @@
-"""Fast adapter switching: stream W + B'·A' into the previous fused weight's buffer.
+"""Adapter switching that reuses the previous fused weights' buffers.
 
-`merge.fuse_deltas` computes ``addmm(W, B', A')`` per weight, which on CPU copies
-W into a fresh output and then lets the GEMM read and write it again: about two
-read+write passes over the adapted weights. When the model switches from one
-decision to another, the weights fused for the old decision are garbage anyway,
-so `AdapterSwitcher` reuses their buffers: each weight is rebuilt in row chunks
-small enough to stay in cache (``addmm`` on a chunk of W, then `slice_update`
-into the donated old buffer), so W is read once and the output written once.
+`merge.fuse_deltas` computes ``addmm(W, B', A')`` per weight into a freshly
+allocated output (on CPU: copy W, then the GEMM reads and writes it again; fresh
+pages also cost page faults). When the model switches from one decision to
+another, the weights fused for the old decision are garbage, so `AdapterSwitcher`
+writes the new ones into those buffers (MLX donates an input buffer nothing else
+holds). Two ways, `method`:
+
+- ``"copy"`` (default): ``addmm(slice_update(old, W), B', A')`` — W is copied into
+  the old buffer, then the GEMM updates it in place (no allocation);
+- ``"stream"``: rebuild each weight in row chunks (``addmm`` on a chunk of W, then
+  `slice_update` into the old buffer) so each chunk's GEMM runs in cache and W is
+  read once; many small GEMMs, so it wins only where BLAS calls are cheap.
 
 Restoring is exact: the original arrays are kept and put back, never recomputed.
 """
@@ -19,6 +24,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from ..errors import MixloraError
 from .adapters import Adapter
 from .fused import decision_updates
 from .modules import linear_at
@@ -38,11 +44,32 @@ def stream_fuse(
     return out
 
 
+def copy_fuse(w: mx.array, b: mx.array, a: mx.array, dst: mx.array | None) -> mx.array:
+    """W + B·A (lazy): W copied into `dst` (donated), then one in-place GEMM update."""
+    if dst is None:
+        return mx.addmm(w.astype(mx.float32), b.astype(mx.float32), a.astype(mx.float32)).astype(
+            w.dtype
+        )
+    if w.dtype != mx.float32:
+        return mx.slice_update(dst, copy_fuse(w, b, a, None), mx.array([0]), axes=(0,))
+    base = mx.slice_update(dst, w, mx.array([0]), axes=(0,))
+    return mx.addmm(base, b.astype(mx.float32), a.astype(mx.float32))
+
+
 class AdapterSwitcher:
     """Puts one decision at a time into the model's Linear weights; `restore()` is bit-exact."""
 
-    def __init__(self, model: Any, adapters: list[Adapter], chunk_bytes: int = 1024 * 1024):
+    def __init__(
+        self,
+        model: Any,
+        adapters: list[Adapter],
+        chunk_bytes: int = 1024 * 1024,
+        method: str = "copy",
+    ):
+        if method not in ("copy", "stream"):
+            raise MixloraError(f"unknown switch method {method!r}; use copy or stream")
         self.model, self.adapters, self.chunk_bytes = model, adapters, chunk_bytes
+        self.method = method
         self._orig: dict[str, mx.array] = {}  # path -> the base weight, while a fused one is in
         self._spare: dict[str, mx.array] = {}  # path -> a buffer free for reuse
 
@@ -63,7 +90,10 @@ class AdapterSwitcher:
             dst = self._spare.pop(p, None)
             if dst is not None and (dst.shape != w.shape or dst.dtype != w.dtype):
                 dst = None
-            new[p] = stream_fuse(w, b, a, dst, self.chunk_bytes)
+            if self.method == "stream":
+                new[p] = stream_fuse(w, b, a, dst, self.chunk_bytes)
+            else:
+                new[p] = copy_fuse(w, b, a, dst)
             del dst
         mx.eval(new)
         for p, w in new.items():
