@@ -12,6 +12,8 @@ Error reference: PEFT's own `merge_utils` math on the dense deltas (what its
 sides are fed the same masks (PEFT's `random_pruning` patched, ours via
 `mask_fn`), while the timed runs use each side's own RNG.
 
+Our merges are timed in a worker process that never imports torch (as in
+`mixlora merge`): with torch loaded, its BLAS/OpenMP threads contend with MLX's.
 Timings are wall-clock; ours also reports process CPU time, and the speedup is
 also given against PEFT's times measured on a quiet machine (--peft-reference),
 because on a shared 2-core box PEFT's multi-threaded SVD slows down far more
@@ -176,18 +178,46 @@ def reference(model, ct, pkw, masks=None):
 
 
 def time_ours(ours, method, kw, repeats):
+    """Cold and warm wall/CPU seconds of one merge, in this process."""
     from mlx_mixlora.merge import merge_adapters
 
     t = time.perf_counter()
-    res = merge_adapters(ours, method, weights=WEIGHTS, **kw)
+    merge_adapters(ours, method, weights=WEIGHTS, **kw)
     cold = time.perf_counter() - t
     warm, cpu = [], []
     for _ in range(repeats):
         t, c = time.perf_counter(), time.process_time()
-        res = merge_adapters(ours, method, weights=WEIGHTS, **kw)
+        merge_adapters(ours, method, weights=WEIGHTS, **kw)
         warm.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-    return res, cold, warm, cpu
+    return cold, warm, cpu
+
+
+def worker(spec: dict) -> dict:
+    """Our timings in a process that never imports torch.
+
+    With torch loaded, its BLAS/OpenMP threads contend with MLX's on 2 cores and
+    our randomized SVD ran ~7× slower; `mixlora merge` never loads torch.
+    """
+    from mlx_mixlora.adapter_format import load_adapter
+
+    ours = [load_adapter(d) for d in spec["adapters"]]
+    if spec.get("model_dir"):
+        return into_base_timings(ours, spec)
+    cold, warm, cpu = time_ours(ours, spec["method"], spec["kw"], spec["repeats"])
+    return {"cold": cold, "warm": warm, "cpu": cpu, "torch_loaded": "torch" in sys.modules}
+
+
+def in_worker(spec: dict) -> dict:
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def bench_merges(model, ours, args):
@@ -201,10 +231,14 @@ def bench_merges(model, ours, args):
         if args.only and ct not in args.only.split(","):
             continue
         row = {"peft": ct, "ours": method, "ours_kwargs": kw, "peft_kwargs": pkw}
-        res, cold, warm, cpu = time_ours(ours, method, kw, args.repeats)
+        tw = in_worker(
+            {"adapters": args.adapter_dirs, "method": method, "kw": kw, "repeats": args.repeats}
+        )
+        cold, warm, cpu = tw["cold"], tw["warm"], tw["cpu"]
         row.update(
             ours_cold_s=cold, ours_warm_s=min(warm), ours_warm_all_s=warm, ours_cpu_s=min(cpu)
         )
+        res = merge_adapters(ours, method, weights=WEIGHTS, **kw)  # for the error, untimed
         if args.peft_reference and ct in args.peft_reference:
             row["peft_reference_s"] = args.peft_reference[ct]
             row["speedup_vs_reference"] = args.peft_reference[ct] / row["ours_warm_s"]
@@ -264,11 +298,63 @@ def bench_merges(model, ours, args):
     return rows
 
 
-def bench_into_base(model, ours, cfg, args):
-    """Fuse into a saved MLX model dir vs one read+write pass over the affected weights."""
+def into_base_timings(ours, spec) -> dict:
+    """Fuse into the saved model dir vs one read+write pass over the affected weights."""
     from mlx_mixlora.io import check_safetensors_header
     from mlx_mixlora.merge import merge_adapters, merge_into_base
 
+    src, work, repeats = Path(spec["model_dir"]), Path(spec["work"]), spec["repeats"]
+    shard = src / "model.safetensors"
+    header = check_safetensors_header(shard)
+    with open(shard, "rb") as f:
+        data_start = 8 + int.from_bytes(f.read(8), "little")
+    keys = [f"{p}.weight" for p in ours[0][0].module_paths()]
+
+    def pass_affected():
+        out = work / "pass.bin"
+        with open(shard, "rb") as fin, open(out, "wb") as fout:
+            for k in keys:
+                a, b = header[k]["data_offsets"]
+                fin.seek(data_start + a)
+                fout.write(fin.read(b - a))
+        out.unlink()
+
+    def pass_copy():
+        shutil.copyfile(shard, work / "copy.safetensors")
+        (work / "copy.safetensors").unlink()
+
+    results = {
+        "weights_file_bytes": shard.stat().st_size,
+        "affected_bytes": sum(
+            header[k]["data_offsets"][1] - header[k]["data_offsets"][0] for k in keys
+        ),
+    }
+    for name, fn in (("read_write_affected_s", pass_affected), ("copy_file_s", pass_copy)):
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        results[name] = min(ts)
+    for method, kw, output in (("cat", {}, "adapter"), ("ties", {"density": 0.2}, "deltas")):
+        res = merge_adapters(ours, method, weights=WEIGHTS, output=output, **kw)
+        ts = []
+        for _ in range(repeats):
+            out = work / "out"
+            t = time.perf_counter()
+            merge_into_base(src, res.updates(), out)
+            ts.append(time.perf_counter() - t)
+            shutil.rmtree(out)
+        results[f"into_base_{method}_s"] = min(ts)
+        results[f"into_base_{method}_vs_read_write_affected"] = (
+            min(ts) / results["read_write_affected_s"]
+        )
+        results[f"into_base_{method}_vs_copy_file"] = min(ts) / results["copy_file_s"]
+    return results
+
+
+def bench_into_base(model, cfg, args):
+    """Save the base as an MLX model dir, then time fusing into it in a torch-free worker."""
     work = Path(tempfile.mkdtemp(prefix="merge_bench_", dir=args.tmp))
     try:
         src = work / "base"
@@ -285,52 +371,14 @@ def bench_into_base(model, ours, cfg, args):
         conf = cfg.to_dict()
         conf["model_type"] = "llama"
         (src / "config.json").write_text(json.dumps(conf))
-        shard = src / "model.safetensors"
-        header = check_safetensors_header(shard)
-        with open(shard, "rb") as f:
-            data_start = 8 + int.from_bytes(f.read(8), "little")
-        keys = [f"{p}.weight" for p in ours[0][0].module_paths()]
-        affected_bytes = sum(
-            header[k]["data_offsets"][1] - header[k]["data_offsets"][0] for k in keys
+        results = in_worker(
+            {
+                "adapters": args.adapter_dirs,
+                "model_dir": str(src),
+                "work": str(work),
+                "repeats": args.repeats,
+            }
         )
-
-        def pass_affected():
-            out = work / "pass.bin"
-            with open(shard, "rb") as fin, open(out, "wb") as fout:
-                for k in keys:
-                    a, b = header[k]["data_offsets"]
-                    fin.seek(data_start + a)
-                    fout.write(fin.read(b - a))
-            out.unlink()
-
-        def pass_copy():
-            shutil.copyfile(shard, work / "copy.safetensors")
-            (work / "copy.safetensors").unlink()
-
-        results = {
-            "weights_file_bytes": shard.stat().st_size,
-            "affected_bytes": affected_bytes,
-        }
-        for name, fn in (("read_write_affected_s", pass_affected), ("copy_file_s", pass_copy)):
-            ts = []
-            for _ in range(args.repeats):
-                t = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t)
-            results[name] = min(ts)
-        for method, kw, output in (("cat", {}, "adapter"), ("ties", {"density": 0.2}, "deltas")):
-            res = merge_adapters(ours, method, weights=WEIGHTS, output=output, **kw)
-            ts = []
-            for _ in range(args.repeats):
-                out = work / "out"
-                t = time.perf_counter()
-                merge_into_base(src, res.updates(), out)
-                ts.append(time.perf_counter() - t)
-                shutil.rmtree(out)
-            results[f"into_base_{method}_s"] = min(ts)
-            results[f"into_base_{method}_vs_read_write_affected"] = (
-                min(ts) / results["read_write_affected_s"]
-            )
         print(json.dumps(results), flush=True)
         return results
     finally:
@@ -356,10 +404,16 @@ def main() -> None:
         default="ties_svd=21.3,svd=13.4",
         help="PEFT seconds measured on a quiet machine (the issue's numbers), TYPE=S,...",
     )
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
     args.peft_reference = {
         k: float(v) for k, v in (kv.split("=") for kv in args.peft_reference.split(",") if kv)
     }
+    if (args.hidden, args.kv, args.layers, args.rank) != (2048, 256, 4, 8):
+        args.peft_reference = {}  # the reference numbers are for the TinyLlama shapes only
 
     import peft
     import torch
@@ -369,8 +423,12 @@ def main() -> None:
     t0 = time.perf_counter()
     model, ours, cfg = build(args)
     build_s = time.perf_counter() - t0
+    from mlx_mixlora.adapter_format import save_adapter
+
+    adapter_root = Path(tempfile.mkdtemp(prefix="merge_bench_adapters_", dir=args.tmp))
+    args.adapter_dirs = [str(save_adapter(adapter_root / c.name, c, w)) for c, w in ours]
     rows = bench_merges(model, ours, args)
-    into = None if args.skip_into_base else bench_into_base(model, ours, cfg, args)
+    into = None if args.skip_into_base else bench_into_base(model, cfg, args)
     report = {
         "benchmark": "merge_speed",
         "shapes": {
@@ -399,6 +457,7 @@ def main() -> None:
         "into_base": into,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
+    shutil.rmtree(adapter_root, ignore_errors=True)
     out = Path(args.out)
     from mlx_mixlora.io import write_json
 

@@ -120,6 +120,28 @@ def test_ties_dense_matches_reference(three, elect, density):
         assert_close(res.deltas[p], ref)
 
 
+@pytest.mark.parametrize("method", ["ties", "magnitude_prune", "dare_ties"])
+def test_trim_with_many_exact_ties_matches_reference(method):
+    """Factors from {-1, 1}: ΔW entries tie massively at the threshold."""
+    rng = np.random.default_rng(5)
+    ads = []
+    for seed in range(3):
+        cfg, w = make_adapter(seed, targets=("q_proj",))
+        for key in w:
+            w[key] = mx.array(rng.choice([-1.0, 1.0], size=w[key].shape).astype(np.float32))
+        ads.append((cfg, w))
+    kw = {"drop": 0.4, "mask_fn": _mask_fn} if method == "dare_ties" else {}
+    res = merge_adapters(ads, method, density=0.3, output="deltas", weights=[1, 2, 3], **kw)
+    ds, _ = _ds(ads, Q0)
+    assert len(np.unique(np.abs(ds[0]))) <= 5
+    if method == "magnitude_prune":
+        ref = np_weighted(ds, [1, 2, 3], 0.3)
+    else:
+        keep = [np_mask(Q0, i, ds[0].shape) for i in range(3)] if method == "dare_ties" else None
+        ref = np_ties(ds, [1, 2, 3], 0.3, keep=keep, scale=1 / 0.6 if keep else 1.0)
+    assert_close(res.deltas[Q0], ref)
+
+
 def test_magnitude_prune_matches_reference(three):
     ws = [1.0, 0.5, 2.0]
     res = merge_adapters(three, "magnitude_prune", weights=ws, density=0.3, output="deltas")

@@ -1,9 +1,9 @@
 """Elementwise merge kernels on stacked deltas `D[n, ...]` (one slice per adapter).
 
-- `topk_mask`: exact top-k by |value| per slice (k = int(density·numel), as PEFT);
-  ties at the threshold keep the lowest flat indices, so the result is unique.
-- `trim_thresholds`: the exact per-slice threshold, so trimming fuses into the
-  merge kernel as `|d| >= t` without a mask array.
+- `trim_thresholds` / `topk_mask`: exact top-k by |value| per slice
+  (k = int(density·numel), as PEFT); ties at the threshold keep the lowest flat
+  indices, so the result is unique. As thresholds, trimming fuses into the merge
+  kernel as `|d| >= t` without a mask array.
 - `merge_slices`: `mx.compile`d elementwise kernels for trim → elect sign →
   weighted (disjoint) merge: one fused loop for weighted sums, two (majority
   sign, then disjoint mean) for TIES; the tested default everywhere.
@@ -37,18 +37,22 @@ def _select_backend(select: str) -> str:
     return select
 
 
-def trim_thresholds(d: mx.array, density: float, select: str = "auto") -> list[float] | None:
-    """Per slice, t with |d[i]| >= t keeping exactly int(density·numel) entries.
+def trim_thresholds(
+    d: mx.array, density: float, select: str = "auto"
+) -> tuple[list[float], dict[int, np.ndarray]]:
+    """Exact top-k as thresholds: (thr, excess) per slice d[i], k = int(density·numel).
 
-    Returns None when ties straddle some threshold (then only `topk_mask` is exact).
+    |d[i]| >= thr[i] keeps exactly k entries once the entries at flat indices
+    `excess[i]` are set to 0: those tie with thr[i] beyond the quota (float32
+    values do tie at 4M entries), and the lowest indices win, as in `topk_mask`.
     """
     n = d.shape[0]
     numel = d.size // n
     k = int(density * numel)
     if k <= 0:
-        return [float("inf")] * n
+        return [float("inf")] * n, {}
     if k >= numel:
-        return [0.0] * n
+        return [0.0] * n, {}
     cut = numel - k
     if _select_backend(select) == "numpy":
         mx.eval(d)
@@ -58,35 +62,38 @@ def trim_thresholds(d: mx.array, density: float, select: str = "auto") -> list[f
     else:
         a = mx.partition(mx.abs(d.reshape(n, numel)), cut, axis=1)
         t, below = np.array(a[:, cut]), np.array(mx.max(a[:, :cut], axis=1))
-    if np.any(below == t):
-        return None
-    return [float(x) for x in t]
+    excess = {}
+    for i in np.flatnonzero(below == t):
+        row = np.abs(np.array(d[i].reshape(-1)))
+        tied = np.flatnonzero(row == t[i])
+        need = k - int(np.count_nonzero(row > t[i]))
+        excess[int(i)] = tied[need:]
+    return [float(x) for x in t], excess
+
+
+def zero_entries(d: mx.array, excess: dict[int, np.ndarray]) -> mx.array:
+    """d with the given flat indices of each slice set to 0."""
+    if not excess:
+        return d
+    numel = d.size // d.shape[0]
+    idx = np.concatenate([i * numel + np.asarray(v, dtype=np.int64) for i, v in excess.items()])
+    flat = d.reshape(-1)
+    flat[mx.array(idx)] = 0.0
+    return flat.reshape(d.shape)
 
 
 def topk_mask(d: mx.array, density: float, select: str = "auto") -> mx.array:
     """Boolean mask keeping exactly int(density·numel) largest-|x| entries of each slice d[i]."""
-    n = d.shape[0]
-    numel = d.size // n
-    k = int(density * numel)
-    if k <= 0:
-        return mx.zeros(d.shape, dtype=mx.bool_)
-    if k >= numel:
-        return mx.ones(d.shape, dtype=mx.bool_)
-    thr = trim_thresholds(d, density, select)
-    flat = mx.abs(d.reshape(n, numel))
-    if thr is not None:
-        return (flat >= mx.array(thr)[:, None]).reshape(d.shape)
-    if _select_backend(select) == "numpy":
-        mx.eval(flat)
-        t = np.partition(np.array(memoryview(flat), copy=False), numel - k, axis=1)[:, numel - k]
-        t = mx.array(t)[:, None]
-    else:
-        t = mx.partition(flat, numel - k, axis=1)[:, numel - k][:, None]
-    gt = flat > t
-    eq = flat == t
-    n_gt = mx.sum(gt, axis=1, keepdims=True)
-    rank_eq = mx.cumsum(eq.astype(mx.int32), axis=1)  # ties: keep the lowest flat indices
-    return (gt | (eq & (rank_eq <= (k - n_gt)))).reshape(d.shape)
+    thr, excess = trim_thresholds(d, density, select)
+    t = mx.array(thr).reshape((d.shape[0],) + (1,) * (d.ndim - 1))
+    keep = mx.abs(d) >= t
+    if not excess:
+        return keep
+    numel = d.size // d.shape[0]
+    idx = np.concatenate([i * numel + np.asarray(v, dtype=np.int64) for i, v in excess.items()])
+    flat = keep.reshape(-1)
+    flat[mx.array(idx)] = False  # ties beyond the quota (zeros too, when t == 0)
+    return flat.reshape(d.shape)
 
 
 # Fused CPU kernels. MLX fuses each elementwise graph below into one loop, but on

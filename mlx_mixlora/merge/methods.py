@@ -261,20 +261,19 @@ def merge_adapters(
             return mx.stack(us)
 
         def reduce(stack: mx.array, wvec: list[float], key: str) -> mx.array:
-            uni, scale, thr, keep = None, 1.0, None, None
+            uni, scale, thr = None, 1.0, None
             if dare:
                 uni, scale = draws(key, stack.shape), 1.0 / (1.0 - drop)
             if trim:
                 src = stack if uni is None else mx.where(uni < 1.0 - drop, stack, 0.0)
-                thr = kernels.trim_thresholds(src, density, select)
-                if thr is None:  # ties straddle a threshold: an explicit exact mask
-                    keep = kernels.topk_mask(src, density, select)
+                thr, excess = kernels.trim_thresholds(src, density, select)
+                stack = kernels.zero_entries(stack, excess)  # ties beyond the quota
             return kernels.merge_slices(
                 stack,
                 wvec,
                 majority_sign if elect else None,
                 thr,
-                keep,
+                None,
                 scale,
                 kernel,
                 uniform=uni,
