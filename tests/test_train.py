@@ -412,3 +412,15 @@ def test_chat_messages_mask_everything_but_the_last_answer():
     assert _ChatTokenizer().decode(t.ids[t.target_start :]) == "yo\n"
     with pytest.raises(MixloraError, match="chat template"):
         prepare([chat], TOK, 128)
+
+
+def test_auto_pack_packs_short_examples_only():
+    from mlx_mixlora.train.trainer import auto_pack
+
+    short = [Tokenized(list(range(10)), 1)] * 5
+    long = [Tokenized(list(range(200)), 1)] * 5
+    assert auto_pack(short, 64) and not auto_pack(long, 256)
+    res = train_adapter(
+        (tiny_model(), TOK), TASK, None, TrainConfig(iters=1, max_seq_len=64), progress=False
+    )
+    assert res.config.extra["train"]["pack"] is True

@@ -44,7 +44,7 @@ import click
 @click.option(
     "--pack/--no-pack",
     default=None,
-    help="Pack examples into rows [on]; off = length-sorted batches.",
+    help="Pack examples into rows; off = length-sorted batches [auto: pack short examples].",
 )
 @click.option(
     "--long",

@@ -34,7 +34,7 @@ class TrainConfig:
     clip_grad: float | None = 1.0
     seed: int = 0
     mask_prompt: bool = True
-    pack: bool = True
+    pack: bool | None = None  # None = auto: pack when the median example fills <= 1/4 of a row
     long_policy: str = "truncate"
     grad_checkpoint: bool = False
     streams: int = (
