@@ -424,3 +424,16 @@ def test_auto_pack_packs_short_examples_only():
         (tiny_model(), TOK), TASK, None, TrainConfig(iters=1, max_seq_len=64), progress=False
     )
     assert res.config.extra["train"]["pack"] is True
+
+
+def test_qlora_trains_on_a_quantized_base():
+    from mlx.utils import tree_flatten
+
+    model = tiny_model()
+    nn.quantize(model, group_size=32, bits=4)
+    before = {k: np.array(v) for k, v in tree_flatten(model.parameters())}
+    cfg = TrainConfig(rank=4, iters=20, lr=3e-3, batch_size=4, max_seq_len=64)
+    res = train_adapter((model, TOK), TASK, None, cfg, progress=False)
+    assert np.isfinite(res.train_loss) and res.history[-1]["loss"] < res.history[0]["loss"]
+    after = {k: np.array(v) for k, v in tree_flatten(model.parameters())}
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # base untouched, LoRA detached

@@ -109,6 +109,14 @@ def evaluate(model: nn.Module, items: list[Tokenized], cfg: TrainConfig) -> floa
     return total / max(n, 1.0)
 
 
+def _validate(model: nn.Module, items: list[Tokenized], cfg: TrainConfig, n_streams: int) -> float:
+    """`evaluate` with OpenBLAS's threads back at one per core (the split step sets 1)."""
+    import os
+
+    with blas_threads(os.cpu_count() or 1) if n_streams > 1 else contextlib.nullcontext():
+        return evaluate(model, items, cfg)
+
+
 def _log(progress: bool, msg: str) -> None:
     if progress:
         print(msg, file=sys.stderr, flush=True)
@@ -389,7 +397,7 @@ def _loop(
             "tokens": step_tokens,
         }
         if val_items is not None and cfg.val_every and it % cfg.val_every == 0 and it < total:
-            val_loss = rec["val_loss"] = evaluate(model, val_items, cfg)
+            val_loss = rec["val_loss"] = _validate(model, val_items, cfg, n_streams)
         history.append(rec)
         if bar is not None:
             tps = timed_tokens / timed_s if timed_s else step_tokens / dt
@@ -420,7 +428,7 @@ def _loop(
         bar.close()
     stopped = it < total
     if val_items is not None and not stopped:
-        val_loss = evaluate(model, val_items, cfg)
+        val_loss = _validate(model, val_items, cfg, n_streams)
         _log(progress, f"validation loss: {val_loss:.4f}")
     peak = mx.get_peak_memory() / 2**30
     tps = timed_tokens / timed_s if timed_s else 0.0
