@@ -28,7 +28,7 @@ from mlx.utils import tree_map
 from ..adapter_format import AdapterConfig, save_adapter
 from ..errors import MixloraError
 from ..lora import adapter_weights, attach_lora, detach_lora, model_identity, n_layers, parse_layers
-from . import checkpoint
+from . import checkpoint, distributed
 from .batching import Batch, batches_per_epoch, epoch_rows, iterate_rows, make_batch
 from .config import TrainConfig
 from .data import DataStats, Tokenized, load_examples, prepare
@@ -278,7 +278,20 @@ def _run(
             grad = None
         return grad
 
-    if n_streams == 1:
+    group = distributed.world()
+    if group is not None:  # data parallel: this rank's shard, gradients summed over ranks
+        distributed.check_batch(cfg.batch_size, group)
+        single = SplitStep(model, loss, 1)
+
+        def step(rows, prev_grad, do_update):
+            b = make_batch(items, distributed.shard_rows(rows, group), cfg.max_seq_len, cfg.pack)
+            lvalue, ntok, grad = distributed.all_reduce(*single([_arrays(b)]), group)
+            return lvalue, ntok, finish(grad, prev_grad, do_update), b.n_tokens * group.size()
+
+        n_streams = 1
+        if group.rank() != 0:  # only rank 0 writes and reports
+            out, ckpt_dir, progress = None, None, False
+    elif n_streams == 1:
         loss_vg = nn.value_and_grad(model, loss)
 
         @partial(mx.compile, inputs=state, outputs=state)
@@ -388,6 +401,13 @@ def _loop(
             timed_tokens += step_tokens
             timed_s += dt
         train_loss = float(sum(x.item() for x in losses) / accum)
+        if not math.isfinite(train_loss):
+            if bar is not None:
+                bar.close()
+            raise MixloraError(
+                f"training loss is not finite ({train_loss}) at step {it}; no adapter written. "
+                "Lower --lr or check the data"
+            )
         rec = {
             "step": it,
             "seconds": dt,
