@@ -109,6 +109,8 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise MixloraError(f"recipe {path} is not valid YAML: {e}") from None
     if not isinstance(d, dict):
         raise MixloraError(f"recipe {path} must be a mapping of training options")
+    if isinstance(d.get("train"), dict):  # a task recipe from adapters/: its `train:` block
+        d = {**d["train"], **{k: d[k] for k in ("name", "task") if k in d}}
     d = {str(k).replace("-", "_"): v for k, v in d.items()}
     TrainConfig.from_dict(d, source=str(path))  # validate names and values early
     return d
