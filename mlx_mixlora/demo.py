@@ -79,12 +79,12 @@ def _log(cfg: DemoConfig, msg: str) -> None:
         click.echo(msg, err=True)
 
 
-def resolve_base(model: str | None, log: Callable[[str], None]) -> Path:
+def resolve_base(model: str | None, log: Callable[[str], None], progress: bool = True) -> Path:
     """The MLX model dir: nano base (cached), a local dir, or a hub id converted into the cache."""
     if model is None or model == "nano":
         from .nano import ensure_nano_base
 
-        return ensure_nano_base(log=log)
+        return ensure_nano_base(progress=progress, log=log)
     path = Path(model)
     if path.is_dir():
         return path
@@ -117,7 +117,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     t_all = time.perf_counter()
 
     t0 = time.perf_counter()
-    base_dir = resolve_base(cfg.model, lambda m: _log(cfg, m))
+    base_dir = resolve_base(cfg.model, lambda m: _log(cfg, m), progress=cfg.progress)
     from .nano import SOURCE as NANO_SOURCE
 
     nano = base_identity(base_dir)["name_or_path"] == NANO_SOURCE
