@@ -4,8 +4,9 @@ Offline, nothing can be downloaded, so each built-in task has a generator whose
 rows look like its hub dataset's rows (same field names and label encoding) and
 whose answer follows from the content: a news snippet's topic from its words,
 a yes/no answer from one passage sentence, a headline from the first sentence,
-a review's polarity from its adjectives. A nano model can learn each of them
-with a rank-8 LoRA, and cannot guess any of them without one.
+a review's polarity from its adjectives. On the nano base a rank-8 attention
+LoRA learns the three label tasks (>= 96%); the headline, which must be copied
+from the article, is not learnt by the demo recipe (ROUGE-L ~0.2, see the report).
 """
 
 from __future__ import annotations
