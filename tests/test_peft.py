@@ -348,3 +348,34 @@ def test_trained_adapter_exports_with_parity(base, tmp_path):
     )
     full = AutoModelForCausalLM.from_pretrained(str(tmp_path / "full"), dtype=torch.float32).eval()
     assert np.abs(ours - torch_logits(full)).max() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("cat", []),  # rank-grown concatenation (exact, rank Σr)
+        ("svd", ["--rank", "3"]),  # SVD-compressed
+        ("layer_wise", ["--layer-ranges", "a:0-0,b:1-1"]),  # each depth range from one adapter
+        ("ties", ["--density", "0.5", "--rank", "6"]),  # dense method, SVD back to low rank
+    ],
+)
+def test_merged_adapters_export_with_parity(base, tmp_path, method, extra):
+    from peft import PeftModel
+
+    src, mlx_dir = base
+    a = random_adapter(mlx_dir, tmp_path / "a", rank=4)
+    b = random_adapter(mlx_dir, tmp_path / "b", rank=2, targets=["q_proj", "v_proj"])
+    cfg_b = json.loads((b / "adapter_config.json").read_text())
+    cfg_b["name"] = "b"
+    (b / "adapter_config.json").write_text(json.dumps(cfg_b))
+    cfg_a = json.loads((a / "adapter_config.json").read_text())
+    cfg_a["name"] = "a"
+    (a / "adapter_config.json").write_text(json.dumps(cfg_a))
+    merged = tmp_path / "merged"
+    result = cli("merge", a, b, "--method", method, *extra, "-o", merged)
+    assert result.exit_code == 0, result.output
+    assert cli("export", "peft", merged, "-o", tmp_path / "peft").exit_code == 0
+    peft_model = PeftModel.from_pretrained(hf_model(src), str(tmp_path / "peft")).eval()
+    ours = our_logits(mlx_dir, merged)
+    assert np.abs(ours - torch_logits(hf_model(src))).max() > 1e-3
+    assert np.abs(ours - torch_logits(peft_model)).max() <= 1e-4
