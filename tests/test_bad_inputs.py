@@ -10,6 +10,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers_route_cli import gate_dir, routing_dirs  # noqa: F401
 from helpers_train import save_model_dir, tiny_model
 
 from mlx_mixlora.adapter_format import AdapterConfig, save_adapter
@@ -240,3 +241,32 @@ def test_pickle_model_refused(tmp_path):
     assert_clean_failure(
         run("train", "--model", d, "--data", data, "--out", out, "--iters", "1"), "pickle", out=out
     )
+
+
+def test_gate_for_a_different_adapter_set(routing_dirs, gate_dir):  # noqa: F811
+    model_dir, adapters = routing_dirs
+    swapped = [adapters[1], adapters[0], *adapters[2:]]
+    result = run(
+        "generate",
+        "--model",
+        model_dir,
+        "--adapters",
+        *swapped,
+        "--gate",
+        gate_dir,
+        "--prompt",
+        "hello",
+    )
+    assert_clean_failure(result, "was trained for adapters")
+    result = run(
+        "generate",
+        "--model",
+        model_dir,
+        "--adapters",
+        *adapters[:-1],
+        "--gate",
+        gate_dir,
+        "--prompt",
+        "hello",
+    )
+    assert_clean_failure(result, "was trained for adapters")

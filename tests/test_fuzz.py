@@ -114,3 +114,49 @@ def test_peft_importer_config(tmp_path_factory, mutation):
         import_peft(d, d / "out")
     except MixloraError:
         assert not (d / "out").exists()
+
+
+EXAMPLE_KEYS = ["text", "prompt", "completion", "messages", "role", "content"]
+message = st.fixed_dictionaries(
+    {},
+    optional={
+        "role": json_values | st.sampled_from(["user", "assistant"]),
+        "content": json_values | st.text(max_size=8),
+    },
+)
+example = st.dictionaries(
+    st.sampled_from(EXAMPLE_KEYS),
+    json_values | st.text(max_size=10) | st.lists(message, max_size=3),
+    max_size=4,
+)
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_jsonl_reader_raw_bytes(tmp_path_factory, raw):
+    from mlx_mixlora.train.data import read_jsonl
+
+    path = tmp_path_factory.mktemp("jsonl") / "d.jsonl"
+    path.write_bytes(raw)
+    try:
+        rows = read_jsonl(path)
+    except MixloraError:
+        return
+    assert rows and all(isinstance(r, dict) for r in rows)
+
+
+@FUZZ
+@given(st.lists(example | json_values, min_size=0, max_size=5))
+def test_jsonl_reader_and_tokenizer(tmp_path_factory, rows):
+    """Any line mix either tokenizes (char tokenizer) or fails with one MixloraError."""
+    from helpers_train import CharTokenizer
+
+    from mlx_mixlora.train.data import prepare, read_jsonl
+
+    path = tmp_path_factory.mktemp("jsonl") / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    try:
+        items, stats = prepare(read_jsonl(path), CharTokenizer(), 64, True, "truncate")
+    except MixloraError:
+        return
+    assert stats.examples == len(rows)

@@ -49,8 +49,14 @@ def read_jsonl(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise MixloraError(f"data file not found: {path}")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise MixloraError(
+                    f"{path}:{i}: not UTF-8 text ({e.reason} at byte {e.start})"
+                ) from None
             if not line.strip():
                 continue
             try:
