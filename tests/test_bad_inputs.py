@@ -32,6 +32,7 @@ def assert_clean_failure(result, *fragments, out: Path | None = None):
     errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 1 and lines[-1] == errors[0], result.output
     lines = errors
+    print(f"BAD-INPUT {lines[0]}")  # shown with `pytest -s`: the catalogue of messages
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     if out is not None:
@@ -270,3 +271,16 @@ def test_gate_for_a_different_adapter_set(routing_dirs, gate_dir):  # noqa: F811
         "hello",
     )
     assert_clean_failure(result, "was trained for adapters")
+
+
+def test_pickled_peft_adapter_refused(tmp_path):
+    d = tmp_path / "peft"
+    d.mkdir()
+    (d / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8})
+    )
+    (d / "adapter_model.bin").write_bytes(b"\x80\x04 pickled")
+    out = tmp_path / "ours"
+    assert_clean_failure(
+        run("import", "peft", d, "-o", out), "refusing to load", "adapter_model.bin", out=out
+    )
