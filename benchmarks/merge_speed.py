@@ -38,10 +38,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import mlx.core as mx  # noqa: E402
-import numpy as np  # noqa: E402
+import mlx_mixlora  # noqa: F401  (OpenBLAS before mlx.core: without it MLX's GEMM/QR are ~4× slower)
 
-import mlx_mixlora  # noqa: F401  (OpenBLAS before mlx.core)
+# isort: split
+import mlx.core as mx
+import numpy as np
 
 NAMES = ["t1", "t2", "t3"]
 PREFIX = "base_model.model."

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import zlib
 
-import mlx.core as mx  # noqa: E402
+import mlx_mixlora  # noqa: F401  (BLAS preload before mlx; conftest does it first anyway)
+
+# isort: split
+import mlx.core as mx
 import numpy as np
 
-import mlx_mixlora  # noqa: F401  (BLAS preload before mlx)
-from mlx_mixlora.adapter_format import AdapterConfig  # noqa: E402
+from mlx_mixlora.adapter_format import AdapterConfig
 
 HIDDEN, KV = 64, 32
 DIMS = {
