@@ -116,3 +116,31 @@ def test_non_editable_install_gives_working_cli(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().startswith(str(target))
+
+
+def test_scripts_import_mlx_mixlora_before_mlx():
+    """Benchmarks run as scripts: `import mlx_mixlora` must come before mlx.core (OpenBLAS preload).
+
+    ruff's import sorting puts third-party `mlx` first unless an `# isort: split` follows the
+    preload import, and a benchmark would then silently measure the slow reference BLAS.
+    """
+    import ast
+
+    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+        tree = ast.parse(script.read_text())
+        order = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                order += [(node.lineno, a.name) for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                order.append((node.lineno, node.module))
+        mlx_lines = [
+            line for line, name in order if name == "mlx" or name.startswith(("mlx.", "mlx_lm"))
+        ]
+        ours = [
+            line for line, name in order if name == "mlx_mixlora" or name.startswith("mlx_mixlora.")
+        ]
+        if mlx_lines:
+            assert ours and min(ours) < min(mlx_lines), (
+                f"{script.name}: import mlx_mixlora before mlx"
+            )
