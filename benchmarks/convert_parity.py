@@ -23,7 +23,14 @@ CASES = [
     {"name": "gqa2x-untied-fp32", "heads": 4, "kv_heads": 2, "tied": False, "dtype": "float32"},
     {"name": "gqa8x-tied-fp32", "heads": 8, "kv_heads": 1, "tied": True, "dtype": "float32"},
     {"name": "gqa2x-tied-bf16", "heads": 4, "kv_heads": 2, "tied": True, "dtype": "bfloat16"},
-    {"name": "gqa8x-untied-bf16-sharded", "heads": 8, "kv_heads": 1, "tied": False, "dtype": "bfloat16", "max_shard_size": "40KB"},
+    {
+        "name": "gqa8x-untied-bf16-sharded",
+        "heads": 8,
+        "kv_heads": 1,
+        "tied": False,
+        "dtype": "bfloat16",
+        "max_shard_size": "40KB",
+    },
 ]
 TINYLLAMA = {
     "name": "tinyllama-shape-1layer-bf16",
@@ -58,8 +65,12 @@ def measure(case: dict, work: Path) -> dict:
     theirs, _ = mlx_lm.utils.load_model(dst)
     return {
         "case": case["name"],
-        "max_abs_diff_ours_vs_transformers": float(np.abs(np.array(ours(mx.array(ids))) - ref).max()),
-        "max_abs_diff_mlx_lm_vs_transformers": float(np.abs(np.array(theirs(mx.array(ids))) - ref).max()),
+        "max_abs_diff_ours_vs_transformers": float(
+            np.abs(np.array(ours(mx.array(ids))) - ref).max()
+        ),
+        "max_abs_diff_mlx_lm_vs_transformers": float(
+            np.abs(np.array(theirs(mx.array(ids))) - ref).max()
+        ),
         "logit_scale": float(np.abs(ref).max()),
     }
 
@@ -67,7 +78,9 @@ def measure(case: dict, work: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--tinyllama-shape", action="store_true", help="also a 1-layer TinyLlama-shaped checkpoint")
+    parser.add_argument(
+        "--tinyllama-shape", action="store_true", help="also a 1-layer TinyLlama-shaped checkpoint"
+    )
     args = parser.parse_args()
     cases = CASES + ([TINYLLAMA] if args.tinyllama_shape else [])
     with tempfile.TemporaryDirectory() as tmp:
