@@ -284,3 +284,12 @@ def test_pickled_peft_adapter_refused(tmp_path):
     assert_clean_failure(
         run("import", "peft", d, "-o", out), "refusing to load", "adapter_model.bin", out=out
     )
+
+
+def test_adapter_for_a_base_with_fewer_layers(tmp_path, model_dir):
+    shallow = save_model_dir(tmp_path / "shallow", tiny_model(0, num_hidden_layers=1))
+    ad = make_adapter(tmp_path / "ad", model_dir)
+    out = tmp_path / "hf"
+    assert_clean_failure(
+        run("export", "hf", shallow, "--adapter", ad, "-o", out), "num_hidden_layers=2", out=out
+    )
