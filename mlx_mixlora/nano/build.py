@@ -68,7 +68,11 @@ def build_nano_base(
         )
     t0 = time.perf_counter()
     docs = pretraining_docs(
-        recipe.corpus_rows_per_task, recipe.seed, recipe.format_share, recipe.repeat_share
+        recipe.corpus_rows_per_task,
+        recipe.seed,
+        recipe.format_share,
+        recipe.repeat_share,
+        recipe.copy_share,
     )
     tok = train_bpe(tokenizer_texts(docs), recipe.vocab_size)
     if tok.get_vocab_size() > recipe.vocab_size:
