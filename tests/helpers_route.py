@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
+from helpers_train import tiny_model as train_tiny_model
 from mlx.utils import tree_flatten
 from mlx_lm.models import llama
 
@@ -18,22 +19,7 @@ TASKS = ("classification", "qa", "summarization", "sentiment")
 
 
 def tiny_model(seed: int = 0, layers: int = 2, vocab: int = 96) -> llama.Model:
-    mx.random.seed(seed)
-    model = llama.Model(
-        llama.ModelArgs(
-            model_type="llama",
-            hidden_size=64,
-            num_hidden_layers=layers,
-            intermediate_size=128,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            rms_norm_eps=1e-5,
-            vocab_size=vocab,
-            tie_word_embeddings=False,
-        )
-    )
-    mx.eval(model.parameters())
-    return model
+    return train_tiny_model(seed, num_hidden_layers=layers, vocab_size=vocab)
 
 
 def params(model) -> dict[str, np.ndarray]:

@@ -247,30 +247,18 @@ def test_pickle_model_refused(tmp_path):
 def test_gate_for_a_different_adapter_set(routing_dirs, gate_dir):  # noqa: F811
     model_dir, adapters = routing_dirs
     swapped = [adapters[1], adapters[0], *adapters[2:]]
-    result = run(
-        "generate",
-        "--model",
-        model_dir,
-        "--adapters",
-        *swapped,
-        "--gate",
-        gate_dir,
-        "--prompt",
-        "hello",
-    )
-    assert_clean_failure(result, "was trained for adapters")
-    result = run(
-        "generate",
-        "--model",
-        model_dir,
-        "--adapters",
-        *adapters[:-1],
-        "--gate",
-        gate_dir,
-        "--prompt",
-        "hello",
-    )
-    assert_clean_failure(result, "was trained for adapters")
+    for wrong_set in (swapped, adapters[:-1]):
+        args = [
+            "--model",
+            model_dir,
+            "--adapters",
+            *wrong_set,
+            "--gate",
+            gate_dir,
+            "--prompt",
+            "hello",
+        ]
+        assert_clean_failure(run("generate", *args), "was trained for adapters")
 
 
 def test_pickled_peft_adapter_refused(tmp_path):

@@ -8,32 +8,20 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from helpers_merge import assert_close, make_adapter, np_delta
+from helpers_train import tiny_args
+from helpers_train import tiny_model as _tiny_model
 from mlx.utils import tree_flatten
-from mlx_lm.models import llama
 
 from mlx_mixlora.adapter_format import module_path
 from mlx_mixlora.errors import MixloraError
 from mlx_mixlora.merge import fuse_deltas, merge_adapters, merge_into_base, restore
 from mlx_mixlora.model import base_identity, load_model
 
-ARGS = dict(
-    model_type="llama",
-    hidden_size=64,
-    num_hidden_layers=2,
-    intermediate_size=128,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    rms_norm_eps=1e-5,
-    vocab_size=256,
-    tie_word_embeddings=False,
-)
+ARGS = {k: v for k, v in vars(tiny_args(vocab_size=256)).items() if v is not None}
 
 
 def tiny_model(seed=0):
-    mx.random.seed(seed)
-    model = llama.Model(llama.ModelArgs(**ARGS))
-    mx.eval(model.parameters())
-    return model
+    return _tiny_model(seed, vocab_size=256)
 
 
 def save_model_dir(path, seed=0, dtype=mx.float32, shards=1):
