@@ -271,12 +271,13 @@ def check_shapes_against_base(cfg: AdapterConfig, weights: dict, model_dir: str 
     )
     model, _ = load_model(model_dir, lazy=True)
     shapes = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+    per_word = 32 // shapes_bits(model_dir)  # values per packed uint32 column when quantized
     for p in cfg.module_paths():
         w = shapes.get(f"{p}.weight")
         if w is None:
             raise MixloraError(f"{model_dir}: base model has no module {p}")
         out_dim = w[0]
-        in_dim = w[1] * (32 // shapes_bits(model_dir)) if f"{p}.scales" in shapes else w[1]
+        in_dim = w[1] * per_word if f"{p}.scales" in shapes else w[1]
         a, b = weights[f"{p}.lora_a"].shape, weights[f"{p}.lora_b"].shape
         if a[1] != in_dim or b[0] != out_dim:
             raise MixloraError(
