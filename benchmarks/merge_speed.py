@@ -20,8 +20,10 @@ because on a shared 2-core box PEFT's multi-threaded SVD slows down far more
 under load than our mostly single-threaded kernels.
 
 Into-base: fusing into a saved MLX model dir vs one read+write pass over the
-affected weights (and vs copying the whole weights file, which a new model dir
-with a single-file checkpoint cannot avoid).
+affected weights (and vs copying the whole weights file). The new model dir
+clones the base's files where the filesystem shares blocks (APFS, XFS, Btrfs),
+else copies them: run it once per filesystem with --into-base-tmp DIR (repeatable;
+e.g. an XFS loop mount on Linux); each run records the filesystem and the mode used.
 
     python benchmarks/merge_speed.py --out benchmarks/results/merge_speed.json
 """
@@ -325,6 +327,7 @@ def into_base_timings(ours, spec) -> dict:
         (work / "copy.safetensors").unlink()
 
     results = {
+        "filesystem": _fs_type(work),
         "weights_file_bytes": shard.stat().st_size,
         "affected_bytes": sum(
             header[k]["data_offsets"][1] - header[k]["data_offsets"][0] for k in keys
@@ -345,6 +348,7 @@ def into_base_timings(ours, spec) -> dict:
             t = time.perf_counter()
             merge_into_base(src, res.updates(), out)
             ts.append(time.perf_counter() - t)
+            results["file_modes"] = json.loads((out / "mixlora_merge.json").read_text())["files"]
             shutil.rmtree(out)
         results[f"into_base_{method}_s"] = min(ts)
         results[f"into_base_{method}_vs_read_write_affected"] = (
@@ -354,9 +358,22 @@ def into_base_timings(ours, spec) -> dict:
     return results
 
 
-def bench_into_base(model, cfg, args):
+def _fs_type(path: Path) -> str:
+    """The filesystem type of `path` (Linux: /proc/mounts, longest mount point that contains it)."""
+    best, kind = "", "unknown"
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            mnt, fs = line.split()[1:3]
+            if str(path.resolve()).startswith(mnt) and len(mnt) > len(best):
+                best, kind = mnt, fs
+    except OSError:
+        pass
+    return kind
+
+
+def bench_into_base(model, cfg, args, where):
     """Save the base as an MLX model dir, then time fusing into it in a torch-free worker."""
-    work = Path(tempfile.mkdtemp(prefix="merge_bench_", dir=args.tmp))
+    work = Path(tempfile.mkdtemp(prefix="merge_bench_", dir=where))
     try:
         src = work / "base"
         src.mkdir()
@@ -399,7 +416,13 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated PEFT combination types to run")
     ap.add_argument("--skip-peft", action="store_true")
     ap.add_argument("--skip-into-base", action="store_true")
-    ap.add_argument("--tmp", default=None, help="where the into-base model dirs go")
+    ap.add_argument("--tmp", default=None, help="where the adapters and into-base model dirs go")
+    ap.add_argument(
+        "--into-base-tmp",
+        action="append",
+        default=[],
+        help="also time into-base with the model dirs in DIR (repeatable; e.g. a reflink filesystem)",
+    )
     ap.add_argument(
         "--peft-reference",
         default="ties_svd=21.3,svd=13.4",
@@ -429,7 +452,9 @@ def main() -> None:
     adapter_root = Path(tempfile.mkdtemp(prefix="merge_bench_adapters_", dir=args.tmp))
     args.adapter_dirs = [str(save_adapter(adapter_root / c.name, c, w)) for c, w in ours]
     rows = bench_merges(model, ours, args)
-    into = None if args.skip_into_base else bench_into_base(model, cfg, args)
+    into = None
+    if not args.skip_into_base:
+        into = [bench_into_base(model, cfg, args, d) for d in [args.tmp, *args.into_base_tmp]]
     report = {
         "benchmark": "merge_speed",
         "shapes": {

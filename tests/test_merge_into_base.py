@@ -98,7 +98,9 @@ def test_merge_into_base_writes_a_loadable_model(tmp_path, method, kw):
     ident = base_identity(src)
     ads = [make_adapter(1, base=ident), make_adapter(2, base=ident, rank=3)]
     res = merge_adapters(ads, method, output="deltas" if method == "ties" else "adapter", **kw)
+    before = {f.name: f.read_bytes() for f in src.iterdir()}
     out = merge_into_base(src, res.updates(), tmp_path / "out", base_identity=ident)
+    assert {f.name: f.read_bytes() for f in src.iterdir()} == before  # a clone is copy-on-write
     assert (out / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
     model, _ = load_model(out)
     base, _ = load_model(src)
@@ -110,6 +112,7 @@ def test_merge_into_base_writes_a_loadable_model(tmp_path, method, kw):
     assert untouched and all(np.array_equal(got[k], ref[k]) for k in untouched)
     card = json.loads((out / "mixlora_merge.json").read_text())
     assert card["base"] == str(src)
+    assert set(card["files"]) == set(before) and set(card["files"].values()) <= {"clone", "copy"}
 
 
 def test_merge_into_base_refuses_other_base_and_leaves_no_output(tmp_path):

@@ -8,7 +8,6 @@ is cast back to the weight's dtype.
 
 from __future__ import annotations
 
-import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from ..clone import clone_or_copy
 from ..errors import MixloraError
 from ..io import atomic_dir, check_safetensors_header, write_json
 
@@ -86,10 +86,11 @@ def merge_into_base(
 ) -> Path:
     """Write `model_dir` with deltas fused into its weights as a new MLX model dir, atomically.
 
-    Every file is copied byte for byte (the kernel's file copy); in a copied
-    shard only the fused tensors' bytes are then overwritten in place — dtypes,
-    shapes and hence the header stay the same — so the work beyond the copy is
-    one read and one write of the affected weights. When
+    Every file is cloned where the filesystem shares blocks (APFS, XFS, Btrfs)
+    and copied byte for byte elsewhere; in the new shard only the fused tensors'
+    bytes are then overwritten in place — dtypes, shapes and hence the header
+    stay the same — so with a clone the whole job is one read and one write of
+    the affected weights. mixlora_merge.json records clone or copy per file. When
     `base_identity` (an adapter's recorded base) is given, a different base is refused.
     """
     from ..model import _require_model_dir
@@ -116,42 +117,45 @@ def merge_into_base(
     if missing:
         raise MixloraError(f"{src} has no weight {missing[0]} (the adapters target another model)")
     touched = {owner[k] for k in wanted}
+    files: dict[str, str] = {}
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        for f in src.iterdir():
-            if f.is_file() and f not in touched and f.name != "mixlora_merge.json":
-                shutil.copy2(f, tmp / f.name)
+        for f in sorted(src.iterdir()):
+            if f.is_file() and f.name != "mixlora_merge.json":
+                files[f.name] = clone_or_copy(f, tmp / f.name)
         for shard in sorted(touched):
             mine = {k: deltas[p] for k, p in wanted.items() if owner[k] == shard}
             _patch_shard(shard, tmp / shard.name, mine)
-        write_json(tmp / "mixlora_merge.json", {"base": str(src), **(card or {})})
+        write_json(tmp / "mixlora_merge.json", {"base": str(src), **(card or {}), "files": files})
     return Path(out_dir)
 
 
-_DTYPES = {"F32": (np.float32, None), "F16": (np.float16, None), "BF16": (np.uint16, mx.bfloat16)}
+_FUSABLE = ("F32", "F16", "BF16")
 
 
 def _patch_shard(src: Path, dst: Path, updates: dict[str, Update]) -> None:
-    """Copy `src` to `dst`, then overwrite each updated tensor's byte range in `dst`."""
+    """Overwrite each updated tensor's byte range in `dst`, a clone or copy of `src`.
+
+    `mx.load` reads a tensor only when it is evaluated, straight into the array
+    that `addmm` then updates in place (nothing else holds it), so each fused
+    weight is read once, updated once and written once.
+    """
     header = check_safetensors_header(src)
     with open(src, "rb") as f:
         data_start = 8 + struct.unpack("<Q", f.read(8))[0]
-    shutil.copyfile(src, dst)
-    with open(src, "rb") as fin, open(dst, "r+b") as fout:
-        for key, upd in updates.items():
-            info = header[key]
-            if info.get("dtype") not in _DTYPES:
-                raise MixloraError(
-                    f"{src}: {key} has dtype {info.get('dtype')}; cannot fuse into it"
-                )
-            np_dtype, view = _DTYPES[info["dtype"]]
-            start, stop = info["data_offsets"]
-            fin.seek(data_start + start)
-            raw = np.fromfile(
-                fin, dtype=np_dtype, count=(stop - start) // np.dtype(np_dtype).itemsize
+    for key in updates:
+        if header[key].get("dtype") not in _FUSABLE:
+            raise MixloraError(
+                f"{src}: {key} has dtype {header[key].get('dtype')}; cannot fuse into it"
             )
-            w = mx.array(raw).reshape(info["shape"])
-            new = _apply(w.view(view) if view is not None else w, upd, key[: -len(".weight")])
-            new = new.view(mx.uint16) if view is not None else new
+    weights = mx.load(str(src))
+    lazy = {key: weights[key] for key in updates}
+    del weights  # only the updated tensors are ever read
+    with open(dst, "r+b") as fout:
+        for key, upd in updates.items():
+            start, stop = header[key]["data_offsets"]
+            new = _apply(lazy.pop(key), upd, key[: -len(".weight")])
+            if new.dtype == mx.bfloat16:
+                new = new.view(mx.uint16)  # numpy has no bfloat16; the bytes are what we write
             mx.eval(new)
             buf = np.array(new, copy=False)
             if buf.nbytes != stop - start:
