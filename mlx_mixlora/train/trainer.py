@@ -52,6 +52,25 @@ class TrainResult:
     stopped_early: bool = False
 
 
+@dataclass
+class _Plan:
+    """Everything one run needs besides the model's state: data, configs, outputs, limits."""
+
+    model: nn.Module
+    items: list[Tokenized]
+    val_items: list[Tokenized] | None
+    cfg: TrainConfig
+    acfg: AdapterConfig
+    out: Path | None
+    overwrite: bool
+    ckpt_dir: Path | None
+    fingerprint: str
+    total: int
+    stats: DataStats
+    stop_at: int | None
+    progress: bool
+
+
 def _arrays(b: Batch) -> tuple:
     opt = lambda a: None if a is None else mx.array(a)  # noqa: E731
     return (
@@ -205,47 +224,23 @@ def train_adapter(
     fingerprint = checkpoint.data_fingerprint(items)
     total = total_steps(cfg, items)
 
+    plan = _Plan(
+        model, items, val_items, cfg, acfg, out, overwrite, ckpt_dir, fingerprint, total, stats,
+        stop_at, progress,
+    )  # fmt: skip
     mx.random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     attach_lora(model, acfg)
     try:
-        return _run(
-            model,
-            items,
-            val_items,
-            cfg,
-            acfg,
-            out,
-            overwrite,
-            ckpt_dir,
-            fingerprint,
-            total,
-            stats,
-            resume,
-            stop_at,
-            progress,
-        )
+        return _run(plan, resume)
     finally:
         if detach and not owned:
             detach_lora(model)
 
 
-def _run(
-    model,
-    items,
-    val_items,
-    cfg,
-    acfg,
-    out,
-    overwrite,
-    ckpt_dir,
-    fingerprint,
-    total,
-    stats,
-    resume,
-    stop_at,
-    progress,
-) -> TrainResult:
+def _run(plan: _Plan, resume: bool) -> TrainResult:
+    model, items, cfg, ckpt_dir = plan.model, plan.items, plan.cfg, plan.ckpt_dir
+    total, progress = plan.total, plan.progress
     optimizer = optim.AdamW(learning_rate=make_schedule(cfg, total), weight_decay=cfg.weight_decay)
     start = 0
     history: list[dict] = []
@@ -253,7 +248,7 @@ def _run(
         last = checkpoint.latest(ckpt_dir) if ckpt_dir else None
         if last is None:
             raise MixloraError(f"--resume: no checkpoint found in {ckpt_dir}")
-        start, lora, opt_state, info = checkpoint.load(last, cfg.to_dict(), fingerprint)
+        start, lora, opt_state, info = checkpoint.load(last, cfg.to_dict(), plan.fingerprint)
         model.update(_nest(lora))
         optimizer.state = opt_state
         history = list(info.get("history", []))
@@ -290,7 +285,7 @@ def _run(
 
         n_streams = 1
         if group.rank() != 0:  # only rank 0 writes and reports
-            out, ckpt_dir, progress = None, None, False
+            plan = dataclasses.replace(plan, out=None, ckpt_dir=None, progress=False)
     elif n_streams == 1:
         loss_vg = nn.value_and_grad(model, loss)
 
@@ -320,50 +315,14 @@ def _run(
         items, cfg.batch_size, cfg.max_seq_len, cfg.pack, cfg.seed, start=start * accum
     )
     with blas_threads(1) if n_streams > 1 else contextlib.nullcontext():
-        return _loop(
-            model,
-            optimizer,
-            state,
-            step,
-            batches,
-            val_items,
-            cfg,
-            acfg,
-            out,
-            overwrite,
-            ckpt_dir,
-            fingerprint,
-            total,
-            stats,
-            start,
-            stop_at,
-            progress,
-            history,
-            n_streams,
-        )
+        return _loop(plan, optimizer, state, step, batches, start, history, n_streams)
 
 
 def _loop(
-    model,
-    optimizer,
-    state,
-    step,
-    batches,
-    val_items,
-    cfg,
-    acfg,
-    out,
-    overwrite,
-    ckpt_dir,
-    fingerprint,
-    total,
-    stats,
-    start,
-    stop_at,
-    progress,
-    history,
-    n_streams,
+    plan: _Plan, optimizer, state, step, batches, start: int, history: list, n_streams: int
 ) -> TrainResult:
+    model, cfg, val_items, total = plan.model, plan.cfg, plan.val_items, plan.total
+    ckpt_dir, stop_at, progress = plan.ckpt_dir, plan.stop_at, plan.progress
     accum = cfg.grad_accum
     mx.reset_peak_memory()
     bar = None
@@ -437,7 +396,7 @@ def _loop(
         ):
             info = {
                 "config": cfg.to_dict(),
-                "data_fingerprint": fingerprint,
+                "data_fingerprint": plan.fingerprint,
                 "total_steps": total,
                 "history": history,
             }
@@ -452,6 +411,7 @@ def _loop(
         _log(progress, f"validation loss: {val_loss:.4f}")
     peak = mx.get_peak_memory() / 2**30
     tps = timed_tokens / timed_s if timed_s else 0.0
+    acfg, stats, out = plan.acfg, plan.stats, plan.out
     acfg.extra = {
         "train": {k: v for k, v in cfg.to_dict().items() if k not in ("name", "task")},
         "steps": total,
@@ -464,12 +424,12 @@ def _loop(
             "examples": stats.examples,
             "truncated": stats.truncated,
             "skipped": stats.skipped,
-            "fingerprint": fingerprint,
+            "fingerprint": plan.fingerprint,
         },
     }
     written = None
     if out is not None and not stopped:
-        written = save_adapter(out, acfg, adapter_weights(model), overwrite=overwrite)
+        written = save_adapter(out, acfg, adapter_weights(model), overwrite=plan.overwrite)
         _log(progress, f"adapter written to {written}")
     return TrainResult(
         adapter_dir=written,
