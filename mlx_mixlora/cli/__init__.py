@@ -17,6 +17,7 @@ from ..errors import MixloraError
 # name -> "module:attribute" (module relative to this package)
 COMMANDS: dict[str, str] = {
     "base": "base_cmd:base",
+    "bench": "bench_cmd:bench",
     "demo": "demo_cmd:demo",
     "doctor": "doctor:doctor",
     "convert": "convert_cmd:convert",
