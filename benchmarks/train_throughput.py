@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,20 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
-MODEL_CFG = dict(
-    model_type="llama",
-    hidden_size=2048,
-    num_hidden_layers=2,
-    intermediate_size=5632,
-    num_attention_heads=32,
-    num_key_value_heads=4,
-    rms_norm_eps=1e-5,
-    vocab_size=32000,
-    rope_theta=10000.0,
-    tie_word_embeddings=False,
-    max_position_embeddings=2048,
-)
+from mlx_mixlora.bench.spec import TARGETS, TINYLLAMA
+
+MODEL_CFG = dict(TINYLLAMA, num_hidden_layers=2)
 RANK, ALPHA, LR = 8, 16.0, 1e-4
 
 
@@ -54,19 +42,11 @@ RANK, ALPHA, LR = 8, 16.0, 1e-4
 def make_model_dir(path: Path) -> Path:
     """A random fp32 TinyLlama-shaped 2-layer MLX model dir (weights in HF names)."""
     import mlx_mixlora  # noqa: F401  # isort: skip  (BLAS preload before mlx.core)
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm.models import llama
+    from mlx_mixlora.bench.spec import random_model
 
     if (path / "model.safetensors").is_file():
         return path
-    path.mkdir(parents=True, exist_ok=True)
-    mx.random.seed(0)
-    model = llama.Model(llama.ModelArgs(**MODEL_CFG))
-    mx.eval(model.parameters())
-    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    (path / "config.json").write_text(json.dumps(MODEL_CFG))
-    return path
+    return random_model(path, MODEL_CFG)
 
 
 def make_data(path: Path, steps_a: int, examples_b: int, seed: int = 0) -> Path:
@@ -84,225 +64,27 @@ def make_data(path: Path, steps_a: int, examples_b: int, seed: int = 0) -> Path:
 
 
 # ------------------------------------------------------------------ workers
+# The peers live in the package (`mlx_mixlora.bench.*_backend`), shared with `mixlora bench`.
 
-
-class IntTokenizer:
-    """Text of space-separated ids → ids; no BOS/EOS so every peer sees the same tokens."""
-
-    eos_token_id = None
-    bos_token_id = None
-    chat_template = None
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return [int(x) for x in text.split()]
-
-
-def _rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def _summary(step_tokens: list[int], step_seconds: list[float], step_cpu: list[float]) -> dict:
-    """Throughput over all steps but the first; per CPU-second too (robust to other load)."""
-    tok, sec, cpu = sum(step_tokens[1:]), sum(step_seconds[1:]), sum(step_cpu[1:])
-    return {
-        "tokens_per_cpu_second": round(tok / cpu, 2) if cpu else None,
-        "timed_cpu_seconds": round(cpu, 3),
-        "steps": len(step_tokens),
-        "timed_steps": len(step_tokens) - 1,
-        "timed_tokens": tok,
-        "timed_seconds": round(sec, 3),
-        "tokens_per_second": round(tok / sec, 2) if sec else None,
-        "first_step_seconds": round(step_seconds[0], 3),
-    }
+LORA = dict(rank=RANK, alpha=ALPHA, lr=LR, targets=TARGETS)
 
 
 def worker_ours(model_dir: Path, data: dict, workload: str, pack: bool = False) -> dict:
-    import mlx_mixlora  # noqa: F401  # isort: skip  (BLAS preload before mlx.core)
-    import mlx.core as mx
+    from mlx_mixlora.bench.mlx_backend import train_ours
 
-    from mlx_mixlora.model import load_model
-    from mlx_mixlora.train import TrainConfig, train_adapter
-
-    model, _ = load_model(model_dir)
-    common = dict(rank=RANK, alpha=ALPHA, targets=TARGETS, lr=LR, clip_grad=None, seed=0)
-    if workload == "a":
-        exs = [{"text": " ".join(map(str, ids))} for ids in data["a"]]
-        cfg = TrainConfig(iters=len(exs) // 4, batch_size=4, max_seq_len=257, **common)
-    else:
-        exs = [
-            {"prompt": " ".join(map(str, p)), "completion": " ".join(map(str, c))}
-            for p, c in data["b"]
-        ]
-        cfg = TrainConfig(
-            epochs=1,
-            batch_size=2 if pack else 4,
-            max_seq_len=512,
-            pack=pack,
-            mask_prompt=True,
-            **common,
-        )
-    res = train_adapter((model, IntTokenizer()), exs, None, cfg, progress=False)
-    hist = res.history
-    out = _summary(
-        [h["tokens"] for h in hist], [h["seconds"] for h in hist], [h["cpu_seconds"] for h in hist]
-    )
-    out.update(
-        peak_mlx_memory_gb=round(mx.get_peak_memory() / 2**30, 3),
-        max_rss_gb=round(_rss_gb(), 3),
-        final_loss=res.train_loss,
-        config={"batch_size": cfg.batch_size, "max_seq_len": cfg.max_seq_len, "pack": cfg.pack},
-    )
-    return out
+    return train_ours(model_dir, data, workload, pack=pack, **LORA)
 
 
 def worker_mlx_lm(model_dir: Path, data: dict, workload: str) -> dict:
-    import mlx_mixlora  # noqa: F401  # isort: skip  (BLAS preload before mlx.core)
-    import mlx.core as mx
-    import mlx.optimizers as optim
-    from mlx_lm.tuner.callbacks import TrainingCallback
-    from mlx_lm.tuner.trainer import TrainingArgs, train
-    from mlx_lm.tuner.utils import linear_to_lora_layers
+    from mlx_mixlora.bench.mlx_lm_backend import train_mlx_lm
 
-    from mlx_mixlora.model import load_model
-
-    model, _ = load_model(model_dir)
-    model.freeze()
-    linear_to_lora_layers(
-        model,
-        MODEL_CFG["num_hidden_layers"],
-        {
-            "rank": RANK,
-            "scale": ALPHA / RANK,
-            "dropout": 0.0,
-            "keys": [f"self_attn.{t}" for t in TARGETS],
-        },
-    )
-    if workload == "a":
-        items = [(ids, 0) for ids in data["a"]]
-        max_len = 257
-    else:
-        items = [(p + c, len(p)) for p, c in data["b"]]
-        max_len = 512
-    batch = 4
-    iters = len(items) // batch
-
-    class Logged:
-        """A dataset that records which examples each batch read."""
-
-        def __init__(self):
-            self.reads: list[int] = []
-
-        def __len__(self):
-            return len(items)
-
-        def __getitem__(self, i):
-            self.reads.append(i)
-            return items[i]
-
-    ds = Logged()
-    times: list[float] = []
-    cpu_marks: list[float] = []
-    losses: list[float] = []
-
-    class CB(TrainingCallback):
-        def on_train_loss_report(self, info):
-            times.append(1.0 / info["iterations_per_second"])
-            cpu_marks.append(time.process_time())
-            losses.append(info["train_loss"])
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cpu_marks.append(time.process_time())
-        args = TrainingArgs(
-            batch_size=batch,
-            iters=iters,
-            steps_per_report=1,
-            steps_per_eval=10**9,
-            steps_per_save=10**9,
-            max_seq_length=max_len,
-            adapter_file=str(Path(tmp) / "adapters.safetensors"),
-        )
-        train(
-            model,
-            optim.AdamW(learning_rate=LR, weight_decay=0.0),
-            ds,
-            None,
-            args=args,
-            training_callback=CB(),
-        )
-    reads = ds.reads[len(items) :]  # the first len(items) reads are its length sort
-    step_tokens = [
-        sum(min(len(items[i][0]), max_len) - 1 for i in reads[s * batch : (s + 1) * batch])
-        for s in range(iters)
-    ]
-    cpu = [b - a for a, b in zip(cpu_marks, cpu_marks[1:], strict=False)]
-    out = _summary(step_tokens, times, cpu)
-    out.update(
-        peak_mlx_memory_gb=round(mx.get_peak_memory() / 2**30, 3),
-        max_rss_gb=round(_rss_gb(), 3),
-        final_loss=losses[-1],
-        config={"batch_size": batch, "max_seq_length": max_len, "mask_prompt": workload == "b"},
-    )
-    return out
+    return train_mlx_lm(model_dir, data, workload, **LORA)
 
 
 def worker_torch(model_dir: Path, data: dict, workload: str) -> dict:
-    import torch
-    import torch.nn.functional as F
-    from peft import LoraConfig, get_peft_model
-    from safetensors.torch import load_file
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from mlx_mixlora.bench.torch_backend import best_device, train_peft
 
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    cfg = {k: v for k, v in MODEL_CFG.items() if k != "model_type"}
-    model = LlamaForCausalLM(LlamaConfig(**cfg, attn_implementation="sdpa"))
-    model.load_state_dict(load_file(str(model_dir / "model.safetensors")), strict=True)
-    model = get_peft_model(
-        model, LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS, lora_dropout=0.0)
-    )
-    model.train()
-    opt = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=0.0
-    )
-    V = MODEL_CFG["vocab_size"]
-    if workload == "a":
-        rows = torch.tensor(data["a"])
-        batches = [
-            (rows[i : i + 4, :-1], rows[i : i + 4, 1:], None) for i in range(0, len(rows), 4)
-        ]
-    else:  # length-sorted batches of 4, right-padded, loss on answers only
-        exs = sorted(data["b"], key=lambda pc: len(pc[0]) + len(pc[1]))
-        batches = []
-        for i in range(0, len(exs) - 3, 4):
-            group = exs[i : i + 4]
-            L = max(len(p) + len(c) for p, c in group) - 1
-            x = torch.zeros(len(group), L, dtype=torch.long)
-            y = torch.full((len(group), L), -100, dtype=torch.long)
-            n = 0
-            for r, (p, c) in enumerate(group):
-                ids = p + c
-                x[r, : len(ids) - 1] = torch.tensor(ids[:-1])
-                y[r, len(p) - 1 : len(ids) - 1] = torch.tensor(c)
-                n += len(ids) - 1
-            batches.append((x, y, n))
-    times, cpus, toks, loss = [], [], [], None
-    for x, y, n in batches:
-        tic, cpu_tic = time.perf_counter(), time.process_time()
-        logits = model(input_ids=x).logits
-        loss = F.cross_entropy(logits.reshape(-1, V).float(), y.reshape(-1), ignore_index=-100)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - tic)
-        cpus.append(time.process_time() - cpu_tic)
-        toks.append(x.numel() if n is None else n)
-    out = _summary(toks, times, cpus)
-    out.update(
-        max_rss_gb=round(_rss_gb(), 3),
-        final_loss=float(loss),
-        config={"batch_size": 4, "threads": 2},
-    )
-    return out
+    return train_peft(model_dir, data, workload, device=best_device(), **LORA)
 
 
 WORKERS = {
@@ -316,25 +98,16 @@ WORKERS = {
 # ------------------------------------------------------------------ driver
 
 
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for p in ("mlx", "mlx-lm", "torch", "transformers", "peft"):
-        try:
-            out[p] = md.version(p)
-        except md.PackageNotFoundError:
-            out[p] = None
-    return out
-
-
 def run_worker(peer: str, workload: str, model_dir: Path, data: Path) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         result = Path(f.name)
     cmd = [sys.executable, __file__, "--worker", peer, "--workload", workload, "--model-dir", str(model_dir),
            "--data", str(data), "--result", str(result)]  # fmt: skip
     tic = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if peer == "torch_peft":
+        env["MIXLORA_NO_OPENBLAS"] = "1"  # torch brings its own BLAS
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {
             "error": proc.stderr.strip().splitlines()[-1]
@@ -414,6 +187,7 @@ def main() -> None:
         load_after = os.getloadavg()
 
     from mlx_mixlora._blas import blas_status
+    from mlx_mixlora.bench.env import versions
 
     report = {
         "benchmark": "train_throughput",
@@ -426,7 +200,7 @@ def main() -> None:
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],
         "blas": blas_status(),
-        "versions": _versions(),
+        "versions": versions(),
         "model": MODEL_CFG,
         "lora": {"rank": RANK, "alpha": ALPHA, "targets": TARGETS, "lr": LR, "dtype": "float32"},
         "workloads": {

@@ -86,6 +86,9 @@ def test_ratios_come_from_the_medians():
     assert rats[("decode", "base", "torch")]["speedup"] == pytest.approx(12 / 5.5)
     assert rats[("merge", "svd", "peft")]["speedup"] == pytest.approx(3.0)
     assert rats[("merge", "svd", "peft")]["peer_median"] == 6.0
+    # best runs: max tokens/s 14 / 8; min seconds 5 / 1
+    assert rats[("decode", "base", "torch")]["speedup_best"] == pytest.approx(14 / 8)
+    assert rats[("merge", "svd", "peft")]["speedup_best"] == pytest.approx(5.0)
 
 
 def test_report_writes_json_markdown_and_png(tmp_path):
@@ -96,7 +99,8 @@ def test_report_writes_json_markdown_and_png(tmp_path):
     md = (out / "bench.md").read_text()
     assert "`mixlora bench x`" in md
     assert (
-        "| merge | svd | s | 2.00 (1.00–3.00) | — | 6.00 (5.00–7.00) | 3.00× vs torch+PEFT |" in md
+        "| merge | svd | s | 2.00 (1.00–3.00) | — | 6.00 (5.00–7.00) | 3.00× (5.00×) vs torch+PEFT |"
+        in md
     )
     assert "- peft route: torch not installed" in md
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

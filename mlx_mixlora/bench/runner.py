@@ -133,6 +133,10 @@ def run_bench(
     notes = []
     if model is None:
         notes.append(f"model: {spec.source}; speed depends on shapes, not on the weights' values")
+    threads = sorted({r["threads"] for r in rows if "threads" in r})
+    if threads:
+        notes.append(f"torch ran with torch.set_num_threads(os.cpu_count()) = {threads[0]} threads; "
+                     "its OpenMP threads suffer more than MLX's when other processes share the cores")  # fmt: skip
     peak = max([*(record["load_average"] or [0])[:1], *(load_after or [0])[:1]])
     if peak > HIGH_LOAD * (record["cpus"] or 1):
         notes.append(f"the machine was busy (1-min load average up to {peak} on {record['cpus']} CPUs): "
