@@ -83,7 +83,7 @@ def table(result: dict) -> str:
         "case",
         "unit",
         *(LABELS[b] for b in backends),
-        "ours ÷ peer (>1: ours faster)",
+        "ours ÷ peer: medians (best runs); > 1: ours faster",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for wl, case in keys:
