@@ -1,6 +1,7 @@
 """The offline nano base: a BPE tokenizer and a small Llama pretrained on synthetic text."""
 
 from .build import SOURCE, build_nano_base, ensure_nano_base, is_complete
+from .probe import copy_probe
 from .recipe import CACHE_ENV, NanoRecipe, cache_root, cached_path
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "build_nano_base",
     "cache_root",
     "cached_path",
+    "copy_probe",
     "ensure_nano_base",
     "is_complete",
 ]
