@@ -6,7 +6,8 @@ whose answer follows from the content: a news snippet's topic from its words,
 a yes/no answer from one passage sentence, a headline from the first sentence,
 a review's polarity from its adjectives. On the nano base a rank-8 attention
 LoRA learns the three label tasks (>= 96%); the headline, which must be copied
-from the article, is not learnt by the demo recipe (ROUGE-L ~0.2, see the report).
+from the article, is not learnt by the demo recipe (ROUGE-L ~0.2, see the report):
+the nano base does not copy from its context (`mlx_mixlora.nano.copy_probe`).
 """
 
 from __future__ import annotations
