@@ -24,6 +24,10 @@ affected weights (and vs copying the whole weights file). The new model dir
 clones the base's files where the filesystem shares blocks (APFS, XFS, Btrfs),
 else copies them: run it once per filesystem with --into-base-tmp DIR (repeatable;
 e.g. an XFS loop mount on Linux); each run records the filesystem and the mode used.
+The committed run's XFS mount (as root; xfsprogs from Debian):
+
+    truncate -s 3G /tmp/xfs.img && mkfs.xfs -q -m reflink=1 /tmp/xfs.img
+    mkdir -p /mnt/xfs && mount -o loop /tmp/xfs.img /mnt/xfs
 
     python benchmarks/merge_speed.py --out benchmarks/results/merge_speed.json
 """
