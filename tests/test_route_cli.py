@@ -11,29 +11,27 @@ import mlx_mixlora  # noqa: F401
 from mlx_mixlora.cli import main
 
 
+def route_eval(model_dir, ads, out, *options):
+    """Run `mixlora route eval --model M --adapters A... OPTIONS -o OUT`."""
+    args = ["route", "eval", "--model", str(model_dir), "--adapters", *ads, *options]
+    return CliRunner().invoke(main, [*args, "-o", str(out)])
+
+
 def test_route_eval_writes_accuracy_confusion_and_plots(routing_dirs, gate_dir, tmp_path):  # noqa: F811
     model_dir, ads = routing_dirs
     out = tmp_path / "eval"
-    r = CliRunner().invoke(
-        main,
-        [
-            "route",
-            "eval",
-            "--model",
-            str(model_dir),
-            "--adapters",
-            *ads,
-            "--gate",
-            str(gate_dir),
-            "--routers",
-            "gate,centroid,oracle,uniform",
-            "--n",
-            "25",
-            "--n-train",
-            "80",
-            "-o",
-            str(out),
-        ],
+    r = route_eval(
+        model_dir,
+        ads,
+        out,
+        "--gate",
+        str(gate_dir),
+        "--routers",
+        "gate,centroid,oracle,uniform",
+        "--n",
+        "25",
+        "--n-train",
+        "80",
     )
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "routing.json").read_text())
@@ -52,37 +50,9 @@ def test_route_eval_writes_accuracy_confusion_and_plots(routing_dirs, gate_dir, 
 def test_route_eval_refuses_unknown_router_without_output(routing_dirs, tmp_path):  # noqa: F811
     model_dir, ads = routing_dirs
     out = tmp_path / "eval"
-    r = CliRunner().invoke(
-        main,
-        [
-            "route",
-            "eval",
-            "--model",
-            str(model_dir),
-            "--adapters",
-            *ads,
-            "--routers",
-            "magic",
-            "-o",
-            str(out),
-        ],
-    )
+    r = route_eval(model_dir, ads, out, "--routers", "magic")
     assert r.exit_code == 1 and "unknown router 'magic'" in r.output
-    r = CliRunner().invoke(
-        main,
-        [
-            "route",
-            "eval",
-            "--model",
-            str(model_dir),
-            "--adapters",
-            *ads,
-            "--routers",
-            "gate",
-            "-o",
-            str(out),
-        ],
-    )
+    r = route_eval(model_dir, ads, out, "--routers", "gate")
     assert r.exit_code == 1 and "needs --gate" in r.output
     assert not out.exists()
 
@@ -90,27 +60,19 @@ def test_route_eval_refuses_unknown_router_without_output(routing_dirs, tmp_path
 def test_route_eval_scores_equal_oracle(routing_dirs, gate_dir, tmp_path):  # noqa: F811
     model_dir, ads = routing_dirs
     out = tmp_path / "eval"
-    r = CliRunner().invoke(
-        main,
-        [
-            "route",
-            "eval",
-            "--model",
-            str(model_dir),
-            "--adapters",
-            *ads,
-            "--gate",
-            str(gate_dir),
-            "--routers",
-            "gate,uniform",
-            "--n",
-            "10",
-            "--score",
-            "3",
-            "--no-plots",
-            "-o",
-            str(out),
-        ],
+    r = route_eval(
+        model_dir,
+        ads,
+        out,
+        "--gate",
+        str(gate_dir),
+        "--routers",
+        "gate,uniform",
+        "--n",
+        "10",
+        "--score",
+        "3",
+        "--no-plots",
     )
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "routing.json").read_text())
