@@ -47,6 +47,17 @@ from mlx_mixlora.route.fused import decision_updates
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def best_of(fn, reps: int) -> float:
+    """Fastest of `reps` timed calls after one untimed warm-up call."""
+    fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return min(ts)
+
+
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -247,13 +258,7 @@ def bench_prefill(model, adapters, a) -> dict:
     mixed_idx = [0, 1, 2, 3, 0, 1, 2, 3]
 
     def timed(fn) -> float:
-        fn()
-        ts = []
-        for _ in range(a.reps):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return min(ts)
+        return best_of(fn, a.reps)
 
     out: dict = {"prompts": 8, "tokens_per_prompt": a.prefill_len, "adapters_in_batch": 4}
     attach_lora(model, adapters[0].config, adapters[0].weights)
@@ -319,13 +324,7 @@ def bench_peft(adapters, a) -> dict:
 
     def timed(fn) -> float:
         with torch.inference_mode():
-            fn()
-            ts = []
-            for _ in range(a.reps):
-                t = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t)
-        return min(ts)
+            return best_of(fn, a.reps)
 
     model.eval()
     model.set_adapter("a0")
