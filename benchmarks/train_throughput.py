@@ -120,6 +120,11 @@ def run_worker(peer: str, workload: str, model_dir: Path, data: Path) -> dict:
     return out
 
 
+def paired_ratios(ours: list[dict], peer: list[dict], key: str) -> list[float]:
+    """ours ÷ peer of `key`, round by round, over the rounds where both have it."""
+    return [o[key] / r[key] for o, r in zip(ours, peer, strict=True) if o.get(key) and r.get(key)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -168,20 +173,12 @@ def main() -> None:
             for peer in peers:
                 if peer.startswith("ours") or "ours" not in runs:
                     continue
-                ratios = [
-                    o["tokens_per_second"] / r["tokens_per_second"]
-                    for o, r in zip(runs["ours"], runs[peer], strict=True)
-                    if o.get("tokens_per_second") and r.get("tokens_per_second")
-                ]
+                ratios = paired_ratios(runs["ours"], runs[peer], "tokens_per_second")
                 if ratios:
                     results[w][f"speedup_vs_{peer}"] = round(statistics.median(ratios), 3)
                     if len(ratios) > 1:
                         results[w][f"speedup_vs_{peer}_per_round"] = [round(x, 3) for x in ratios]
-                cpu = [
-                    o["tokens_per_cpu_second"] / r["tokens_per_cpu_second"]
-                    for o, r in zip(runs["ours"], runs[peer], strict=True)
-                    if o.get("tokens_per_cpu_second") and r.get("tokens_per_cpu_second")
-                ]
+                cpu = paired_ratios(runs["ours"], runs[peer], "tokens_per_cpu_second")
                 if cpu:
                     results[w][f"cpu_efficiency_vs_{peer}"] = round(statistics.median(cpu), 3)
         load_after = os.getloadavg()
