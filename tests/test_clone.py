@@ -18,14 +18,19 @@ def test_clone_or_copy_gives_identical_bytes_and_metadata(tmp_path):
     assert int((tmp_path / "b.bin").stat().st_mtime) == 1_000_000_000
 
 
-def test_unsupported_clone_falls_back_to_a_full_copy(tmp_path, monkeypatch):
-    def refuse(fd, request, arg):
-        raise OSError(errno.EOPNOTSUPP, "not supported")
-
+def failing_ficlone(monkeypatch, code: int, message: str) -> None:
+    """Make the Linux clone ioctl fail with `code`."""
     import fcntl
 
+    def ioctl(fd, request, arg):
+        raise OSError(code, message)
+
     monkeypatch.setattr(clone.sys, "platform", "linux")
-    monkeypatch.setattr(fcntl, "ioctl", refuse)
+    monkeypatch.setattr(fcntl, "ioctl", ioctl)
+
+
+def test_unsupported_clone_falls_back_to_a_full_copy(tmp_path, monkeypatch):
+    failing_ficlone(monkeypatch, errno.EOPNOTSUPP, "not supported")
     src = tmp_path / "a.bin"
     src.write_bytes(b"x" * 5000)
     assert clone.clone_or_copy(src, tmp_path / "b.bin") == "copy"
@@ -33,13 +38,7 @@ def test_unsupported_clone_falls_back_to_a_full_copy(tmp_path, monkeypatch):
 
 
 def test_a_real_io_error_is_not_hidden_by_the_fallback(tmp_path, monkeypatch):
-    def broken(fd, request, arg):
-        raise OSError(errno.EIO, "I/O error")
-
-    import fcntl
-
-    monkeypatch.setattr(clone.sys, "platform", "linux")
-    monkeypatch.setattr(fcntl, "ioctl", broken)
+    failing_ficlone(monkeypatch, errno.EIO, "I/O error")
     src = tmp_path / "a.bin"
     src.write_bytes(b"x")
     with pytest.raises(OSError, match="I/O error"):
