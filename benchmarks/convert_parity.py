@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import mlx_mixlora  # noqa: F401  (OpenBLAS before mlx.core)
+from mlx_mixlora.io import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -89,8 +90,7 @@ def main() -> None:
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from mlx_mixlora.bench.spec import TARGETS, TINYLLAMA
+from mlx_mixlora.io import write_json
 
 MODEL_CFG = dict(TINYLLAMA, num_hidden_layers=2)
 RANK, ALPHA, LR = 8, 16.0, 1e-4
@@ -210,8 +211,7 @@ def main() -> None:
         "tokens_per_cpu_second divides by the process's CPU time and is less sensitive to other load",
         "results": results,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     print(
         json.dumps(
             {w: {k: v for k, v in r.items() if k.startswith("speedup")} for w, r in results.items()}
