@@ -129,6 +129,14 @@ def test_merge_into_base_refuses_other_base_and_leaves_no_output(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "other"]  # no temp dirs left
 
 
+def test_merge_into_base_refuses_an_unfusable_dtype_before_writing(tmp_path):
+    src = save_model_dir(tmp_path / "base", dtype=mx.int32)
+    q0 = module_path(0, "q_proj")
+    with pytest.raises(MixloraError, match=f"{q0}.weight has dtype I32; cannot fuse into it"):
+        merge_into_base(src, {q0: mx.zeros((64, 64))}, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]  # no output, no temp dir
+
+
 def test_merge_into_bf16_sharded_base_patches_only_what_changes(tmp_path):
     src = save_model_dir(tmp_path / "base", dtype=mx.bfloat16, shards=2)
     ident = base_identity(src)

@@ -107,15 +107,18 @@ def merge_into_base(
                 )
     if config.get("quantization"):
         raise MixloraError(f"{src} is quantized; merge into an unquantized (fp32/bf16/fp16) base")
-    shards = sorted(src.glob("*.safetensors"))
-    owner: dict[str, Path] = {}
-    for shard in shards:
-        for key in check_safetensors_header(shard):
-            owner[key] = shard
+    headers = {
+        shard: check_safetensors_header(shard) for shard in sorted(src.glob("*.safetensors"))
+    }
+    owner = {key: shard for shard, header in headers.items() for key in header}
     wanted = {f"{p}.weight": p for p in deltas}
     missing = sorted(k for k in wanted if k not in owner)
     if missing:
         raise MixloraError(f"{src} has no weight {missing[0]} (the adapters target another model)")
+    for key in wanted:
+        dtype = headers[owner[key]][key].get("dtype")
+        if dtype not in _FUSABLE:
+            raise MixloraError(f"{owner[key]}: {key} has dtype {dtype}; cannot fuse into it")
     touched = {owner[k] for k in wanted}
     files: dict[str, str] = {}
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
@@ -124,7 +127,7 @@ def merge_into_base(
                 files[f.name] = clone_or_copy(f, tmp / f.name)
         for shard in sorted(touched):
             mine = {k: deltas[p] for k, p in wanted.items() if owner[k] == shard}
-            _patch_shard(shard, tmp / shard.name, mine)
+            _patch_shard(shard, headers[shard], tmp / shard.name, mine)
         write_json(tmp / "mixlora_merge.json", {"base": str(src), **(card or {}), "files": files})
     return Path(out_dir)
 
@@ -132,21 +135,16 @@ def merge_into_base(
 _FUSABLE = ("F32", "F16", "BF16")
 
 
-def _patch_shard(src: Path, dst: Path, updates: dict[str, Update]) -> None:
+def _patch_shard(src: Path, header: dict, dst: Path, updates: dict[str, Update]) -> None:
     """Overwrite each updated tensor's byte range in `dst`, a clone or copy of `src`.
 
-    `mx.load` reads a tensor only when it is evaluated, straight into the array
-    that `addmm` then updates in place (nothing else holds it), so each fused
-    weight is read once, updated once and written once.
+    `header` is `src`'s checked safetensors header, with fusable dtypes for
+    every updated key. `mx.load` reads a tensor only when it is evaluated,
+    straight into the array that `addmm` then updates in place (nothing else
+    holds it), so each fused weight is read once, updated once and written once.
     """
-    header = check_safetensors_header(src)
     with open(src, "rb") as f:
         data_start = 8 + struct.unpack("<Q", f.read(8))[0]
-    for key in updates:
-        if header[key].get("dtype") not in _FUSABLE:
-            raise MixloraError(
-                f"{src}: {key} has dtype {header[key].get('dtype')}; cannot fuse into it"
-            )
     weights = mx.load(str(src))
     lazy = {key: weights[key] for key in updates}
     del weights  # only the updated tensors are ever read
