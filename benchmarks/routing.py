@@ -2,12 +2,14 @@
 
 TinyLlama-shaped random model (hidden 2048, 32 heads / 4 KV heads, intermediate
 5632, vocab 32000, --layers decoder layers), fp32 on this machine's default
-device; four random rank-16 adapters on all seven projections of every layer.
+device; four random rank-8 adapters (--rank; the project's recipes use 8) on all seven
+projections of every layer; the switch is also timed at rank 16 (--switch-ranks).
 
 - decode: mlx-lm `generate_step` (what `generate` runs) decode tokens/s on the base vs with one adapter fused
   (`route.fused`), alternating runs, median; target ratio >= 0.97.
 - switch: `AdapterSwitcher.apply` (restore the previous adapter + fuse the next into
-  the old buffers; also `merge.fuse_deltas` + `restore`) vs one read+write pass over
+  the old buffers, every method; default delta, amortised over its refresh cycle;
+  also `merge.fuse_deltas` + `restore`) vs one read+write pass over
   the same weights (a copy into reused buffers; a fresh-allocation pass is also
   recorded: it pays page faults); target ratio <= 1.5.
 - prefill: one forward over 8 prompts, 2 per adapter (`attach_mixed`, grouped on
@@ -135,6 +137,8 @@ def bench_decode(model, adapters, a) -> dict:
 
 
 def bench_switch(model, adapters, a) -> dict:
+    """Each switcher method over a run of switches (a full delta refresh cycle, twice), each
+    switch paired with a read+write pass timed right before it; ratio = Σ switch / Σ pass."""
     from mlx_mixlora.merge import fuse_deltas, restore
     from mlx_mixlora.route import AdapterSwitcher
 
@@ -147,6 +151,7 @@ def bench_switch(model, adapters, a) -> dict:
         return getattr(getattr(model.model.layers[int(layer)], parent), name).weight
 
     weights = [weight(p) for p in paths]
+    base = {p: np.array(w) for p, w in zip(paths, weights, strict=True)}
     nbytes = sum(w.nbytes for w in weights)
 
     def timed(fn) -> tuple[float, float]:
@@ -176,7 +181,7 @@ def bench_switch(model, adapters, a) -> dict:
     mx.eval(gemm_bufs)
 
     def gemm_only() -> None:
-        """The switch's GEMM alone (W += B·A in reused buffers, no copy): its floor here."""
+        """The copy method's GEMM alone (W += B·A in reused buffers, no copy)."""
         nonlocal gemm_bufs
         new = [mx.addmm(g, *upd[0][p]) for g, p in zip(gemm_bufs, paths, strict=True)]
         gemm_bufs = []
@@ -186,66 +191,87 @@ def bench_switch(model, adapters, a) -> dict:
     def merge_api(i: int) -> None:  # the merging package's fuse_deltas + restore
         restore(model, fuse_deltas(model, upd[i]))  # fuse_deltas evaluates the new weights
 
-    switchers = {"copy": AdapterSwitcher(model, adapters, method="copy")}
-    for cb in a.chunk_kb:
-        switchers[f"stream-{cb // 1024}KB"] = AdapterSwitcher(
-            model, adapters, chunk_bytes=cb, method="stream"
-        )
-    timed(one_pass)
-    timed(lambda: merge_api(0))
-    timed(fresh_pass)
-    timed(gemm_only)
-    passes, merges, fresh, gemms = [], [], [], []
-    sw_times: dict = {cb: [] for cb in switchers}
-    for k in range(a.reps * 2):
-        passes.append(timed(one_pass))
-        fresh.append(timed(fresh_pass))
-        gemms.append(timed(gemm_only))
-        merges.append(timed(lambda k=k: merge_api(k % len(adapters))))
-        for cb, sw in switchers.items():
-            sw.apply(Decision([(k + 1) % len(adapters)], [1.0], []))  # start from a fused state
-            d = Decision([k % len(adapters)], [1.0], [])
-            sw_times[cb].append(timed(lambda sw=sw, d=d: sw.apply(d)))  # restore + fuse next
-            sw.restore()
-    for sw in switchers.values():
-        sw.release()
-
-    def stats(v: list) -> dict:
-        wall = [x[0] for x in v]
-        cpu = [x[1] for x in v]
+    def ratios(pairs: list) -> dict:
+        """pairs: [(switch (wall, cpu), pass (wall, cpu))]."""
+        sw_wall, p_wall = [x[0][0] for x in pairs], [x[1][0] for x in pairs]
         return {
-            "min_s": round(min(wall), 5),
-            "ratio_of_mins": round(min(wall) / min(x[0] for x in passes), 4),
-            "median_paired_ratio": round(
-                statistics.median(x[0] / q[0] for x, q in zip(v, passes, strict=True)), 4
-            ),
-            "cpu_ratio_of_medians": round(
-                statistics.median(cpu) / statistics.median(q[1] for q in passes), 4
-            ),
+            "mean_s": round(statistics.mean(sw_wall), 5),
+            "min_s": round(min(sw_wall), 5),
+            "ratio": round(sum(sw_wall) / sum(p_wall), 4),
+            "ratio_of_mins": round(min(sw_wall) / min(p_wall), 4),
+            "cpu_ratio": round(sum(x[0][1] for x in pairs) / sum(x[1][1] for x in pairs), 4),
         }
 
-    by_method = {k: stats(v) for k, v in sw_times.items()}
+    def drift_ulps(sw) -> float:
+        """Largest |fused − fresh fuse| over the adapted weights, in ulps of the largest entry."""
+        worst = 0.0
+        for p in paths:
+            got = np.array(weight(p))
+            live = sw._live[p]
+            want = np.array(mx.addmm(mx.array(base[p]), *live.ba))
+            worst = max(worst, float(np.abs(got - want).max() / np.spacing(np.abs(want).max())))
+        return worst
+
+    methods = {"delta": {}, "copy": {}}
+    methods.update({f"stream-{cb // 1024}KB": {"chunk_bytes": cb} for cb in a.chunk_kb})
+    n_switch = 2 * (AdapterSwitcher(model, adapters).refresh_every + 1)
+    timed(one_pass)
+    timed(fresh_pass)
+    by_method: dict = {}
+    drift = {}
+    for name, kw in methods.items():
+        method = name.split("-")[0]
+        sw = AdapterSwitcher(model, adapters, method=method, **kw)
+        sw.apply(Decision([len(adapters) - 1], [1.0], []))  # start from a fused state
+        pairs, refreshes = [], []
+        for k in range(n_switch if method == "delta" else 2 * a.reps):
+            d = Decision([k % len(adapters)], [1.0], [])
+            q = timed(one_pass)
+            pairs.append((timed(lambda sw=sw, d=d: sw.apply(d)), q))  # restore + fuse next
+            if method == "delta":
+                deltas = next(iter(sw._live.values())).deltas
+                refreshes.append(deltas == 0)
+                if deltas == sw.refresh_every and not drift:  # the longest run of deltas
+                    drift = {"max_drift_ulps": round(drift_ulps(sw), 2), "after_deltas": deltas}
+        by_method[name] = ratios(pairs)
+        if method == "delta":
+            by_method[name]["delta_only"] = ratios(
+                [x for x, r in zip(pairs, refreshes, strict=True) if not r]
+            )
+            by_method[name]["refresh_only"] = ratios(
+                [x for x, r in zip(pairs, refreshes, strict=True) if r]
+            )
+            by_method[name]["refresh_every"] = sw.refresh_every
+            by_method[name].update(drift)
+        sw.release()
+    gemms = [(timed(gemm_only), timed(one_pass)) for _ in range(2 * a.reps)]
+    merges = [
+        (timed(lambda k=k: merge_api(k % len(adapters))), timed(one_pass)) for k in range(a.reps)
+    ]
     default = AdapterSwitcher(model, adapters).method
     head = by_method[default]
-    p = min(x[0] for x in passes)
+    p = min(x[1][0] for x in gemms)
     return {
+        "rank": adapters[0].config.rank,
         "adapted_weight_bytes": nbytes,
         "read_write_pass_min_s": round(p, 5),
-        "fresh_alloc_pass_min_s": round(min(x[0] for x in fresh), 5),
+        "fresh_alloc_pass_min_s": round(min(timed(fresh_pass)[0] for _ in range(a.reps)), 5),
         "pass_GBps": round(2 * nbytes / p / 1e9, 2),
         "switcher_by_method": by_method,
         "default_method": default,
-        "ratio": head["median_paired_ratio"],
+        "ratio": head["ratio"],
         "ratio_of_mins": head["ratio_of_mins"],
-        "cpu_ratio_of_medians": head["cpu_ratio_of_medians"],
+        "cpu_ratio": head["cpu_ratio"],
         "target": "<= 1.5",
-        "merge_fuse_deltas": stats(merges),
-        "gemm_only": stats(gemms),
-        "note": "ratio = median over interleaved runs of switch time / read+write pass time (a copy of "
-        "every adapted weight into a reused buffer), default method; switch = restore (array "
-        "swap) + fuse the next adapter into the previous fused buffers; also min-based and "
-        "CPU-time ratios, since the machine is shared; gemm_only = the in-place W += B·A "
-        "alone (no copy), the part BLAS spends at small rank",
+        "merge_fuse_deltas": ratios(merges),
+        "gemm_only": ratios(gemms),
+        "note": "ratio = Σ switch time / Σ read+write pass time (a copy of every adapted weight "
+        "into a reused buffer, timed right before each switch), default method; switch = restore "
+        "(array swap) + fuse the next adapter into the previous fused buffers, cycling through "
+        "the adapters; delta: two full refresh cycles (refresh_every deltas + one exact copy "
+        "fuse each), so the ratio is amortised; max_drift_ulps = the delta method's worst "
+        "|fused - fresh fuse| after the longest run of deltas; gemm_only = the copy method's "
+        "in-place W += B·A alone",
     }
 
 
@@ -345,7 +371,8 @@ def main() -> None:
     )
     ap.add_argument("--out", default="benchmarks/results/routing.json")
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--rank", type=int, default=8, help="adapter rank (the project's recipes: 8)")
+    ap.add_argument("--switch-ranks", default="16", help="also time the switch at these ranks")
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--prefill-len", type=int, default=64)
@@ -358,6 +385,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny shapes: a smoke test, not a result")
     a = ap.parse_args()
     a.chunk_kb = [int(x) * 1024 for x in a.chunk_kb.split(",")]
+    a.switch_ranks = [int(x) for x in a.switch_ranks.split(",") if x]
     only = set(a.only.split(","))
     a.hidden, a.intermediate, a.heads, a.kv_heads, a.vocab = 2048, 5632, 32, 4, 32000
     if a.quick:
@@ -388,6 +416,12 @@ def main() -> None:
             continue
         res[name] = fn(model, adapters, a)
         res[name]["load"] = load()
+        if name == "switch":  # the same switch at other ranks (more GEMM work per switch)
+            res[name]["other_ranks"] = {
+                r: bench_switch(model, make_adapters(model, 4, r, a.layers), a)
+                for r in a.switch_ranks
+                if r != a.rank
+            }
         print(name, json.dumps(res[name]), file=sys.stderr)
     if not a.no_peft and "peft" in only:
         res["peft"] = bench_peft(adapters, a)

@@ -17,6 +17,7 @@ from mlx_mixlora.route import (
     generate_routed,
     load_adapters,
 )
+from mlx_mixlora.route.modules import linear_at
 from mlx_mixlora.route.routers import FeatureRouter
 
 
@@ -112,7 +113,7 @@ def test_generate_without_reuse_and_uniform_merge(tmp_path, tok):
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("method", ["copy", "stream"])
+@pytest.mark.parametrize("method", ["delta", "copy", "stream"])
 def test_switcher_matches_fuse_reuses_buffers_and_restores_exactly(tmp_path, method):
     from mlx_mixlora.route import AdapterSwitcher
 
@@ -140,7 +141,7 @@ def test_switcher_matches_fuse_reuses_buffers_and_restores_exactly(tmp_path, met
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("method", ["copy", "stream"])
+@pytest.mark.parametrize("method", ["delta", "copy", "stream"])
 def test_switcher_writes_into_the_previous_buffers(method):
     """Steady-state switches allocate no second copy of the adapted weights (donated buffers)."""
     from mlx_lm.models import llama
@@ -182,6 +183,78 @@ def test_switcher_writes_into_the_previous_buffers(method):
     for i in range(4):
         sw.apply(Decision([(i + 1) % 2], [1.0], []))
     assert mx.get_peak_memory() - active < 0.5 * adapted
+    sw.release()
+
+
+def test_delta_switches_stay_within_rounding_and_refresh_exactly(tmp_path):
+    """Delta switches drift by float rounding only; every (refresh_every+1)-th switch is exact."""
+    from mlx_mixlora.route import AdapterSwitcher
+    from mlx_mixlora.route.fused import decision_updates
+
+    model = tiny_model(layers=2)
+    ads = _adapters(tmp_path, model, layers=(0, 1))
+    before = params(model)
+    sw = AdapterSwitcher(model, ads, refresh_every=3)
+    seq = [Decision([i % 3], [1.0], []) for i in range(9)]
+    for n, d in enumerate(seq):
+        sw.apply(d)
+        for p, (b, a) in decision_updates(ads, d).items():
+            got = np.array(_weight(model, p))
+            want = np.array(mx.addmm(mx.array(before[p + ".weight"]), b, a))
+            if n % 4 == 0:  # a fresh fuse (first switch) or a refresh after 3 deltas
+                assert np.array_equal(got, want), (n, p)
+            else:
+                assert np.abs(got - want).max() <= 4 * n * np.spacing(np.abs(want).max()), (n, p)
+        assert sw._live[p].deltas == n % 4
+        sw.restore()
+    sw.release()
+    after = params(model)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_delta_reapplying_a_decision_is_free_and_a_new_base_is_never_patched(tmp_path):
+    from mlx_mixlora.route import AdapterSwitcher
+
+    model = tiny_model(layers=2)
+    ads = _adapters(tmp_path, model, layers=(0, 1))
+    sw = AdapterSwitcher(model, ads)
+    d = Decision([1], [1.0], [])
+    sw.apply(d)
+    path = next(iter(sw._live))
+    first = _weight(model, path)
+    sw.apply(d)  # restore + apply the same decision: the spare buffer is put back as is
+    assert _weight(model, path) is first and sw._live[path].deltas == 0
+    sw.restore()
+    # the user replaces a base weight: a delta on the old fused buffer would be wrong
+    mod = linear_at(model, path)
+    mod.weight = mod.weight * 2
+    new_base = np.array(mod.weight)
+    sw.apply(Decision([0], [1.0], []))
+    b, a = ads[0].factors(path, 1.0)
+    want = np.array(mx.addmm(mx.array(new_base), b, a))
+    assert np.array_equal(np.array(_weight(model, path)), want)
+    sw.release()
+
+
+def test_delta_never_drifts_low_precision_weights(tmp_path):
+    """fp16 weights: one rounding is ~1e-3, so every switch is an exact copy fuse."""
+    from mlx_mixlora.route import AdapterSwitcher
+    from mlx_mixlora.route.fused import decision_updates
+
+    model = tiny_model(layers=2)
+    ads = _adapters(tmp_path, model, layers=(0, 1))
+    model.set_dtype(mx.float16)
+    before = params(model)
+    sw = AdapterSwitcher(model, ads)
+    for i in range(4):
+        d = Decision([i % 3], [1.0], [])
+        sw.apply(d)
+        for p, (b, a) in decision_updates(ads, d).items():
+            w32 = mx.array(before[p + ".weight"]).astype(mx.float32)
+            want = np.array(mx.addmm(w32, b, a).astype(mx.float16))
+            assert np.array_equal(np.array(_weight(model, p)), want)
+            assert sw._live[p].deltas == 0
+        sw.restore()
     sw.release()
 
 

@@ -5,21 +5,31 @@ allocated output (on CPU: copy W, then the GEMM reads and writes it again; fresh
 pages also cost page faults). When the model switches from one decision to
 another, the weights fused for the old decision are garbage, so `AdapterSwitcher`
 writes the new ones into those buffers (MLX donates an input buffer nothing else
-holds). Two ways, `method`:
+holds). Three ways, `method`:
 
-- ``"copy"`` (default): ``addmm(slice_update(old, W), B', A')`` — W is copied into
-  the old buffer, then the GEMM updates it in place (no allocation);
+- ``"delta"`` (default): the old buffer holds W + B₀·A₀, so the new weights are
+  one in-place GEMM away: ``addmm(old, [-B₀ | B₁], [A₀ ; A₁])`` — one read and one
+  write of the weights, no copy of W. The result differs from a fresh fuse by
+  float rounding (a few ulps per switch), so after `refresh_every` deltas, and
+  always for weights that are not float32 (where one rounding is ~1e-3), the next
+  switch is an exact ``"copy"`` fuse. Re-applying the decision a spare buffer
+  already holds costs nothing;
+- ``"copy"``: ``addmm(slice_update(old, W), B', A')`` — W is copied into the old
+  buffer, then the GEMM updates it in place (no allocation), bit-identical to a
+  fresh fuse;
 - ``"stream"``: rebuild each weight in row chunks (``addmm`` on a chunk of W, then
   `slice_update` into the old buffer) so each chunk's GEMM runs in cache and W is
   read once; many small GEMMs, so it wins only where BLAS calls are cheap.
 
-Restoring is exact: the original arrays are kept and put back, never recomputed.
+Restoring is exact in every method: the original arrays are kept and put back,
+never recomputed.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -56,22 +66,55 @@ def copy_fuse(w: mx.array, b: mx.array, a: mx.array, dst: mx.array | None) -> mx
     return mx.addmm(base, b.astype(mx.float32), a.astype(mx.float32))
 
 
+def delta_fuse(
+    old: mx.array, old_ba: tuple[mx.array, mx.array], ba: tuple[mx.array, mx.array]
+) -> mx.array:
+    """(W + B₀·A₀) − B₀·A₀ + B₁·A₁ (lazy): one in-place GEMM of rank r₀ + r₁ on `old` (donated)."""
+    (b0, a0), (b1, a1) = old_ba, ba
+    b = mx.concatenate([-b0.astype(mx.float32), b1.astype(mx.float32)], axis=1)
+    a = mx.concatenate([a0.astype(mx.float32), a1.astype(mx.float32)], axis=0)
+    return mx.addmm(old, b, a)
+
+
+@dataclass
+class _Fused:
+    """A buffer holding W + B·A for one weight, and how it got there."""
+
+    buf: mx.array
+    base: mx.array  # the W it was built from (a delta is valid only on the same W)
+    key: tuple  # the decision (indices, weights) it holds
+    ba: tuple[mx.array, mx.array]
+    deltas: int  # delta updates since the last exact fuse
+
+
+def _key(decision: Decision) -> tuple:
+    return tuple(decision.indices), tuple(float(w) for w in decision.weights)
+
+
 class AdapterSwitcher:
     """Puts one decision at a time into the model's Linear weights; `restore()` is bit-exact."""
+
+    METHODS = ("delta", "copy", "stream")
 
     def __init__(
         self,
         model: Any,
         adapters: list[Adapter],
         chunk_bytes: int = 1024 * 1024,
-        method: str = "copy",
+        method: str = "delta",
+        refresh_every: int = 16,
     ):
-        if method not in ("copy", "stream"):
-            raise MixloraError(f"unknown switch method {method!r}; use copy or stream")
+        if method not in self.METHODS:
+            raise MixloraError(
+                f"unknown switch method {method!r}; use one of {', '.join(self.METHODS)}"
+            )
+        if refresh_every < 0:
+            raise MixloraError(f"refresh_every must be >= 0, got {refresh_every}")
         self.model, self.adapters, self.chunk_bytes = model, adapters, chunk_bytes
-        self.method = method
+        self.method, self.refresh_every = method, refresh_every
         self._orig: dict[str, mx.array] = {}  # path -> the base weight, while a fused one is in
-        self._spare: dict[str, mx.array] = {}  # path -> a buffer free for reuse
+        self._live: dict[str, _Fused] = {}  # path -> the fused weight now in the model
+        self._spare: dict[str, _Fused] = {}  # path -> a buffer free for reuse
 
     @property
     def active(self) -> bool:
@@ -82,31 +125,45 @@ class AdapterSwitcher:
         self.restore()
         if not decision.indices:
             return
+        key = _key(decision)
         updates = decision_updates(self.adapters, decision)
         mods = {p: linear_at(self.model, p) for p in updates}  # validate before changing anything
-        new = {}
-        for p, (b, a) in updates.items():
+        new: dict[str, _Fused] = {}
+        for p, ba in updates.items():
             w = mods[p].weight
-            dst = self._spare.pop(p, None)
-            if dst is not None and (dst.shape != w.shape or dst.dtype != w.dtype):
-                dst = None
-            if self.method == "stream":
-                new[p] = stream_fuse(w, b, a, dst, self.chunk_bytes)
-            else:
-                new[p] = copy_fuse(w, b, a, dst)
-            del dst
-        mx.eval(new)
-        for p, w in new.items():
+            spare = self._spare.pop(p, None)
+            if spare is not None and (spare.buf.shape != w.shape or spare.buf.dtype != w.dtype):
+                spare = None
+            new[p] = self._fuse(w, ba, key, spare)
+            del spare
+        mx.eval([f.buf for f in new.values()])
+        for p, f in new.items():
             self._orig[p] = mods[p].weight
-            mods[p].weight = w
+            mods[p].weight = f.buf
+        self._live = new
+
+    def _fuse(self, w: mx.array, ba: tuple, key: tuple, spare: _Fused | None) -> _Fused:
+        """The fused weight for one path, built in `spare`'s buffer when there is one."""
+        if spare is None:
+            return _Fused(copy_fuse(w, *ba, None), w, key, ba, 0)
+        same_base = spare.base is w
+        if self.method == "delta" and same_base and spare.key == key:
+            return spare  # the buffer already holds this decision
+        buf, old_ba, deltas = spare.buf, spare.ba, spare.deltas
+        spare.buf = None  # drop every reference so MLX can donate the buffer
+        if self.method == "stream":
+            return _Fused(stream_fuse(w, *ba, buf, self.chunk_bytes), w, key, ba, 0)
+        delta_ok = same_base and w.dtype == mx.float32 and deltas < self.refresh_every
+        if self.method == "delta" and delta_ok:
+            return _Fused(delta_fuse(buf, old_ba, ba), w, key, ba, deltas + 1)
+        return _Fused(copy_fuse(w, *ba, buf), w, key, ba, 0)
 
     def restore(self) -> None:
         """Put the original weight arrays back; the fused ones become spare buffers."""
         for p, w in self._orig.items():
-            m = linear_at(self.model, p)
-            self._spare[p] = m.weight
-            m.weight = w
-        self._orig = {}
+            linear_at(self.model, p).weight = w
+        self._spare.update(self._live)
+        self._orig, self._live = {}, {}
 
     def release(self) -> None:
         """Restore and drop the spare buffers (frees one copy of the adapted weights)."""
