@@ -233,24 +233,45 @@ def _merge_methods(
 def _routing_methods(
     model, tok, adapters: dict[str, Path], identity: dict, cfg: DemoConfig, timings
 ) -> list[Method]:
-    """Per-prompt top-1 routing with the learned gate (seed 003), when routing is installed."""
-    try:
-        from . import route as R
-    except ImportError:
-        return []
-    if not all(hasattr(R, n) for n in ("load_adapters", "build_gate", "score_routed")):
-        return []
+    """Per-prompt routing, learned and training-free, plus its bounds (issue: seed 003).
+
+    The learned top-1 gate (the seed's MixLoRA), nearest centroid of the adapters'
+    training prompts, Arrow (no training data at all), a uniform merge of every
+    adapter (what routing should beat) and the oracle (each prompt on its own
+    task's adapter: the ceiling). Gate and centroid share one pass over the
+    training prompts.
+    """
+    from . import route as R
+
     t0 = time.perf_counter()
     loaded = R.load_adapters(list(adapters.values()), base=identity)
-    gate = R.build_gate(model, tok, loaded, data=cfg.data)
+    layer = R.feature_layer(model, loaded)
+    feats = R.training_features(model, tok, loaded, layer, data=cfg.data, seed=cfg.seed)
+    gate = R.build_gate(
+        model, tok, loaded, layer=layer, data=cfg.data, seed=cfg.seed, features=feats
+    )
     timings["route:gate"] = time.perf_counter() - t0
+    centroid = R.build_centroid(model, tok, loaded, layer=layer, features=feats)
+    n = len(loaded)
+    routers = (
+        ("route:gate-top1", gate, "top1"),
+        ("route:centroid-top1", centroid, "top1"),
+        ("route:arrow-top1", R.ArrowRouter(loaded), "top1"),
+        ("route:uniform-merge", R.UniformRouter(n), "all"),
+        ("route:oracle", R.OracleRouter(n), "top1"),
+    )
     names = list(adapters)
 
-    def score(model_, tok_, task, examples):
-        label = names.index(task.name) if task.name in names else None
-        return R.score_routed(model_, tok_, task, examples, gate, loaded, label=label)
+    def scorer(router, mode):
+        def score(model_, tok_, task, examples):
+            label = names.index(task.name) if task.name in names else None
+            if label is None and router.name == "oracle":
+                raise MixloraError(f"the oracle router has no adapter for task {task.name}")
+            return R.score_routed(model_, tok_, task, examples, router, loaded, label, mode)
 
-    return [Method("route:gate-top1", kind="route", score=score)]
+        return score
+
+    return [Method(name, kind="route", score=scorer(r, mode)) for name, r, mode in routers]
 
 
 def retention(results: dict) -> dict[str, dict[str, float]]:

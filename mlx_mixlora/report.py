@@ -41,6 +41,11 @@ def label_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _mean(vals: list) -> float | None:
+    present = [v for v in vals if v is not None]
+    return sum(present) / len(present) if present else None
+
+
 def retention_table(results: dict) -> str:
     ret = results.get("retention") or {}
     if not ret:
@@ -49,12 +54,51 @@ def retention_table(results: dict) -> str:
     lines = ["| method | " + " | ".join(tasks) + " | mean |", "|" + "---|" * (len(tasks) + 2)]
     for name, row in ret.items():
         vals = [row.get(t) for t in tasks]
-        present = [v for v in vals if v is not None]
-        mean = sum(present) / len(present) if present else float("nan")
+        mean = _mean(vals)
         lines.append(
             f"| {name} | "
             + " | ".join("–" if v is None else f"{v:.2f}" for v in vals)
-            + f" | {mean:.2f} |"
+            + f" | {'–' if mean is None else f'{mean:.2f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def routing_table(results: dict) -> str:
+    """Routers side by side: routing accuracy per task, and scores relative to the oracle.
+
+    The best static merge (highest mean retention) is listed last, as the thing
+    routing has to beat without looking at the prompt.
+    """
+    tasks, scores = results["tasks"], results["scores"]
+    routes = [m["name"] for m in results["methods"] if m["kind"] == "route"]
+    if not routes:
+        return ""
+    oracle = "route:oracle" if "route:oracle" in scores else None
+
+    def vs_oracle(name: str, t: str) -> float | None:
+        ref = scores[oracle][t]["score"] if oracle else None
+        return scores[name][t]["score"] / ref if ref else None
+
+    head = "| method | " + " | ".join(f"{t}: routed right / score ÷ oracle" for t in tasks)
+    lines = [head + " | mean routed right | mean ÷ oracle |", "|" + "---|" * (len(tasks) + 3)]
+    ret = results.get("retention") or {}
+    merges = [n for n in ret if n.startswith("merge:")]
+    best = max(merges, key=lambda n: _mean(list(ret[n].values())) or 0.0) if merges else None
+    for name in routes + ([best] if best else []):
+        acc = [
+            None if "uniform" in name else scores[name][t].get("routing_accuracy") for t in tasks
+        ]
+        rel = [vs_oracle(name, t) for t in tasks]
+        cells = [
+            f"{'–' if a is None else f'{a:.1%}'} / {'–' if r is None else f'{r:.3f}'}"
+            for a, r in zip(acc, rel, strict=True)
+        ]
+        ma, mr = _mean(acc), _mean(rel)
+        label = f"{name} (best static merge)" if name == best else name
+        lines.append(
+            f"| {label} | "
+            + " | ".join(cells)
+            + f" | {'–' if ma is None else f'{ma:.1%}'} | {'–' if mr is None else f'{mr:.3f}'} |"
         )
     return "\n".join(lines)
 
@@ -85,6 +129,21 @@ def render_report(results: dict, figures: dict[str, str]) -> str:
         parts += ["## Retention (score ÷ the task's own adapter)", "", ret, ""]
         if "retention" in figures:
             parts += [f"![retention]({figures['retention']})", ""]
+    rt = routing_table(results)
+    if rt:
+        parts += [
+            "## Routing",
+            "",
+            "Each held-out prompt is routed on its own; *routed right*: the share sent to its "
+            "task's adapter (top-1). *÷ oracle*: the task score relative to the oracle router "
+            "(every prompt on its own task's adapter). Gate: the learned MLP on the pooled "
+            "prompt embedding (seed 003); centroid: nearest mean embedding of each adapter's "
+            "training prompts; Arrow: each adapter's top singular directions, no data; uniform "
+            "merge: all adapters at equal weight for every prompt.",
+            "",
+            rt,
+            "",
+        ]
     lt = label_table(results)
     if lt:
         parts += [

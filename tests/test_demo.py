@@ -85,9 +85,23 @@ def test_demo_writes_report_matrix_and_plots_reproducibly(tiny_base, tmp_path):
     assert "| adapter:qa |" in report and "![task × method heatmap](heatmap.png)" in report
     assert saved["train_options"]["iters"] == 2 and saved["train"]["qa"]["examples"] == 16
 
-    route = saved["scores"]["route:gate-top1"]
-    assert {r["routing_accuracy"] for r in route.values()} <= {x / 6 for x in range(7)}
-    assert saved["methods"][-1]["kind"] == "route" and "route:gate-top1" in saved["retention"]
+    routers = [m["name"] for m in saved["methods"] if m["kind"] == "route"]
+    assert routers == [
+        "route:gate-top1",
+        "route:centroid-top1",
+        "route:arrow-top1",
+        "route:uniform-merge",
+        "route:oracle",
+    ]
+    for name in routers:
+        route = saved["scores"][name]
+        assert {r["routing_accuracy"] for r in route.values()} <= {x / 6 for x in range(7)}
+        assert name in saved["retention"]
+    assert all(r["routing_accuracy"] == 1.0 for r in saved["scores"]["route:oracle"].values())
+    for t in ("sentiment", "qa"):  # the oracle runs each prompt fused on its own adapter
+        own = saved["scores"][f"adapter:{t}"][t]["score"]
+        assert saved["scores"]["route:oracle"][t]["score"] == pytest.approx(own, abs=1e-9)
+    assert "## Routing" in report and "(best static merge)" in report
 
     again = run_demo(_cfg(tiny_base, tmp_path / "b", routing=True))
 
