@@ -85,9 +85,7 @@ def routing_table(results: dict) -> str:
     merges = [n for n in ret if n.startswith("merge:")]
     best = max(merges, key=lambda n: _mean(list(ret[n].values())) or 0.0) if merges else None
     for name in routes + ([best] if best else []):
-        acc = [
-            None if "uniform" in name else scores[name][t].get("routing_accuracy") for t in tasks
-        ]
+        acc = [scores[name][t].get("routing_accuracy") for t in tasks]
         rel = [vs_oracle(name, t) for t in tasks]
         cells = [
             f"{'–' if a is None else f'{a:.1%}'} / {'–' if r is None else f'{r:.3f}'}"

@@ -25,7 +25,7 @@ def _results():
             "merge:x": {"a": cell(0.2), "b": cell(0.4)},
             "merge:y": {"a": cell(0.6), "b": cell(0.4)},
             "route:gate-top1": {"a": cell(0.9, 0.95), "b": cell(0.5, 1.0)},
-            "route:uniform-merge": {"a": cell(0.3, 1.0), "b": cell(0.3, 0.0)},
+            "route:uniform-merge": {"a": cell(0.3), "b": cell(0.3)},  # mode all: not routed
             "route:oracle": {"a": cell(1.0, 1.0), "b": cell(0.5, 1.0)},
         },
         "retention": {

@@ -35,8 +35,8 @@ def score_routed(
 ) -> dict[str, Any]:
     """`score_task`'s metrics for `task` with every prompt on its routed adapter(s).
 
-    `label` (the index of the task's own adapter) adds the routing accuracy and
-    lets the oracle router work.
+    `label` (the index of the task's own adapter) adds the routing accuracy
+    (except in mode ``all``, which routes nowhere) and lets the oracle router work.
     """
     from ..evaluate import score_task
 
@@ -61,6 +61,6 @@ def score_routed(
     out["n"] = len(examples)
     chosen = [d.top1 for d in decisions]
     out["routed_to"] = {str(a): chosen.count(a) for a in sorted(set(chosen))}
-    if label is not None:
+    if label is not None and mode != "all":  # "all" mixes every adapter: nothing is routed
         out["routing_accuracy"] = float(np.mean(np.asarray(chosen) == label))
     return out
