@@ -150,8 +150,8 @@ def bench_switch(model, adapters, a) -> dict:
         _, _, layer, parent, name = p.split(".")
         return getattr(getattr(model.model.layers[int(layer)], parent), name).weight
 
-    weights = [weight(p) for p in paths]
-    base = {p: np.array(w) for p, w in zip(paths, weights, strict=True)}
+    weights = [weight(p) for p in paths]  # the base arrays: the switchers never change them
+    base = dict(zip(paths, weights, strict=True))
     nbytes = sum(w.nbytes for w in weights)
 
     def timed(fn) -> tuple[float, float]:
@@ -208,13 +208,14 @@ def bench_switch(model, adapters, a) -> dict:
         for p in paths:
             got = np.array(weight(p))
             live = sw._live[p]
-            want = np.array(mx.addmm(mx.array(base[p]), *live.ba))
+            want = np.array(mx.addmm(base[p], *live.ba))
             worst = max(worst, float(np.abs(got - want).max() / np.spacing(np.abs(want).max())))
         return worst
 
     methods = {"delta": {}, "copy": {}}
     methods.update({f"stream-{cb // 1024}KB": {"chunk_bytes": cb} for cb in a.chunk_kb})
-    n_switch = 2 * (AdapterSwitcher(model, adapters).refresh_every + 1)
+    defaults = AdapterSwitcher(model, adapters)
+    n_switch = 2 * (defaults.refresh_every + 1)
     timed(one_pass)
     timed(fresh_pass)
     by_method: dict = {}
@@ -248,7 +249,7 @@ def bench_switch(model, adapters, a) -> dict:
     merges = [
         (timed(lambda k=k: merge_api(k % len(adapters))), timed(one_pass)) for k in range(a.reps)
     ]
-    default = AdapterSwitcher(model, adapters).method
+    default = defaults.method
     head = by_method[default]
     p = min(x[1][0] for x in gemms)
     return {
