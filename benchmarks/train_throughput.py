@@ -14,6 +14,13 @@ every step but the first (compile / warm-up).
     into 512-token rows, 2 rows a batch (block-diagonal attention does extra,
     masked work on rows this long, so it is reported but not the headline).
 
+Peers run as they ship, with one exception: MLX peers get the OpenBLAS preload
+(without it the Linux mlx wheel does ~4 GFLOP/s and no comparison means
+anything). Importing mlx_mixlora also raises glibc's mmap threshold (see
+`mlx_mixlora._alloc`), which speeds up any program here that frees large
+buffers; `PEER+heap` (e.g. mlx_lm+heap) runs a peer with that setting too, so
+the report shows how much of the lead is that setting.
+
     python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
 """
 
@@ -94,6 +101,11 @@ WORKERS = {
     "mlx_lm": worker_mlx_lm,
     "torch_peft": worker_torch,
 }
+HEAP = "+heap"  # suffix: run the peer with our glibc heap setting too
+
+
+def worker_for(peer: str):
+    return WORKERS[peer.removesuffix(HEAP)]
 
 
 # ------------------------------------------------------------------ driver
@@ -106,8 +118,10 @@ def run_worker(peer: str, workload: str, model_dir: Path, data: Path) -> dict:
            "--data", str(data), "--result", str(result)]  # fmt: skip
     tic = time.perf_counter()
     env = dict(os.environ)
-    if peer == "torch_peft":
+    if peer.startswith("torch_peft"):
         env["MIXLORA_NO_OPENBLAS"] = "1"  # torch brings its own BLAS
+    if not peer.startswith("ours") and not peer.endswith(HEAP):
+        env["MIXLORA_NO_MALLOC_TUNING"] = "1"  # peers as they ship
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {
@@ -132,9 +146,9 @@ def main() -> None:
     )
     ap.add_argument("--out", default="benchmarks/results/train_throughput.json")
     ap.add_argument("--workloads", default="a,b")
-    ap.add_argument("--peers-a", default="ours,mlx_lm,torch_peft")
+    ap.add_argument("--peers-a", default="ours,mlx_lm,torch_peft,mlx_lm+heap,torch_peft+heap")
     ap.add_argument(
-        "--peers-b", default="ours,ours_packed,mlx_lm", help="torch_peft works here too"
+        "--peers-b", default="ours,ours_packed,mlx_lm,mlx_lm+heap", help="torch_peft works here too"
     )
     ap.add_argument("--steps-a", type=int, default=6, help="steps in (a), the first is not timed")
     ap.add_argument("--examples-b", type=int, default=64, help="examples in (b), one epoch")
@@ -148,7 +162,7 @@ def main() -> None:
 
     if args.worker:
         data = json.loads(Path(args.data).read_text())
-        out = WORKERS[args.worker](Path(args.model_dir), data, args.workload)
+        out = worker_for(args.worker)(Path(args.model_dir), data, args.workload)
         Path(args.result).write_text(json.dumps(out))
         return
 
@@ -184,6 +198,7 @@ def main() -> None:
                     results[w][f"cpu_efficiency_vs_{peer}"] = round(statistics.median(cpu), 3)
         load_after = os.getloadavg()
 
+    from mlx_mixlora._alloc import malloc_status
     from mlx_mixlora._blas import blas_status
     from mlx_mixlora.bench.env import versions
 
@@ -198,6 +213,7 @@ def main() -> None:
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],
         "blas": blas_status(),
+        "heap_tuning_ours": malloc_status(),
         "versions": versions(),
         "model": MODEL_CFG,
         "lora": {"rank": RANK, "alpha": ALPHA, "targets": TARGETS, "lr": LR, "dtype": "float32"},
@@ -206,6 +222,8 @@ def main() -> None:
             "b": f"{args.examples_b} prompt-masked examples (prompt 60-400, answer 1-10 tokens), one epoch",
         },
         "targets": {"a": "ours >= 1.4x mlx_lm and >= 1.2x torch_peft", "b": "ours >= 2x mlx_lm"},
+        "peers": "as they ship (MLX peers: with the OpenBLAS preload); PEER+heap: also with "
+        "mlx_mixlora's glibc heap setting (MIXLORA_NO_MALLOC_TUNING unset)",
         "rounds": args.rounds,
         "note": "wall-clock tokens/s on a shared 2-core machine: see load_average_*; "
         "tokens_per_cpu_second divides by the process's CPU time and is less sensitive to other load",

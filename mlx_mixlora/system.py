@@ -9,6 +9,7 @@ import platform
 import sys
 import time
 
+from ._alloc import malloc_status
 from ._blas import INSTALL_HINT, blas_status
 
 
@@ -18,8 +19,19 @@ def blas_in_use() -> str:
         return "Accelerate (macOS)"
     status = blas_status()
     if status["loaded"]:
-        return f"OpenBLAS ({status['path']})"
+        core = (
+            f", {status['core']} kernels chosen by {status['core_chosen_by']}"
+            if status["core"]
+            else ""
+        )
+        return f"OpenBLAS ({status['path']}{core})"
     return f"reference BLAS from the mlx wheel ({status['reason']}; fix: {INSTALL_HINT})"
+
+
+def heap_in_use() -> str:
+    """Whether large freed buffers stay in glibc's heap (see `_alloc`)."""
+    status = malloc_status()
+    return f"glibc, {status['reason']}" if status["tuned"] else f"default ({status['reason']})"
 
 
 def gemm_gflops(n: int = 1024, repeats: int = 10) -> float:
@@ -72,5 +84,6 @@ def system_report(gemm_size: int = 1024) -> dict:
         "processor": platform.processor() or platform.machine(),
         "device": device_name(),
         "blas": blas_in_use(),
+        "heap": heap_in_use(),
         "gemm_fp32_gflops": round(gemm_gflops(gemm_size), 1),
     }

@@ -57,8 +57,10 @@ def test_two_ranks_on_loopback_match_one_process(tmp_path):
     _, w2 = load_adapter(tmp_path / "two")
     moved = max(float(np.abs(np.array(w1[k])).max()) for k in w1 if k.endswith("lora_b"))
     assert moved > 1e-3  # training really happened
+    # 4 Adam steps at lr 5e-3 turn ulp-level differences (the order of the ranks' sums)
+    # into ~1e-5 here: swapping exp for one within 2 ulp of it moves these weights by 1.7e-5.
     for k in w1:
-        assert np.abs(np.array(w1[k]) - np.array(w2[k])).max() <= 1e-5, k
+        assert np.abs(np.array(w1[k]) - np.array(w2[k])).max() <= 5e-5, k
     assert not list(tmp_path.glob(".two*")), "only rank 0 writes, and atomically"
 
 

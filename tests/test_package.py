@@ -53,6 +53,7 @@ def test_doctor_reports_blas_and_gemm():
     assert report["mlx"] and report["device"]
     if sys.platform.startswith("linux"):
         assert report["blas"].startswith("OpenBLAS")
+    assert report["heap"]
 
 
 def test_every_command_module_imports():
@@ -144,3 +145,43 @@ def test_scripts_import_mlx_mixlora_before_mlx():
             assert ours and min(ours) < min(mlx_lines), (
                 f"{script.name}: import mlx_mixlora before mlx"
             )
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc heap tuning is Linux-only")
+def test_heap_tuning_is_on_by_default_and_can_be_switched_off():
+    code = "import mlx_mixlora; from mlx_mixlora._alloc import malloc_status; print(malloc_status()['tuned'])"
+    assert _python(code).stdout.strip() == "True"
+    assert _python(code, MIXLORA_NO_MALLOC_TUNING="1").stdout.strip() == "False"
+
+
+AMD_ZEN5 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 fma avx512f avx512dq avx512cd avx512bw avx512vl\n"
+
+
+def test_openblas_core_choice_from_cpuinfo():
+    from mlx_mixlora._blas import coretype_for
+
+    assert coretype_for(AMD_ZEN5) == "SkylakeX"
+    assert coretype_for(AMD_ZEN5.replace(" avx512bw", "")) is None  # Zen 3 and older: no AVX-512
+    intel = AMD_ZEN5.replace("AuthenticAMD", "GenuineIntel")
+    assert coretype_for(intel) is None  # OpenBLAS's own detection knows these
+    assert coretype_for("") is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OpenBLAS preload is Linux-only")
+def test_a_named_openblas_core_type_is_respected_and_ours_is_not_left_in_the_environment():
+    code = (
+        "import os, mlx_mixlora; from mlx_mixlora._blas import blas_status; s = blas_status(); "
+        "print(s['core'], s['core_chosen_by'], os.environ.get('OPENBLAS_CORETYPE'), sep='|')"
+    )
+    named = _python(code, OPENBLAS_CORETYPE="Haswell").stdout.strip().split("|")
+    assert named == ["Haswell", "OPENBLAS_CORETYPE", "Haswell"]
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    core, chosen_by, left = out.stdout.strip().split("|")
+    assert left == "None"
+    from mlx_mixlora._blas import _read_cpuinfo, coretype_for
+
+    if coretype_for(_read_cpuinfo()):
+        assert (core, chosen_by) == ("SkylakeX", "mlx_mixlora (AMD CPU with AVX-512)")
+    else:
+        assert chosen_by == "OpenBLAS"

@@ -87,6 +87,7 @@ def machine_record(gemm: bool = True) -> dict:
         "memory_gb": memory_gb(),
         "mlx_device": system.device_name(),
         "blas": system.blas_in_use(),
+        "heap": system.heap_in_use() + "; peers run with the default",
         "versions": versions(),
         "command": command_line(),
         "load_average": load_average(),

@@ -6,7 +6,8 @@ the same modules (and hence the same weights and LoRA layers) but takes
 per-token `positions` and `segments`: attention is causal *and* within one
 segment (a block-diagonal causal mask). Without packing it is op-for-op
 mlx-lm's forward. `hidden_states` stops after the final norm so the loss can
-apply the LM head to the target rows only.
+apply the LM head to the target rows only. On the CPU, attention's softmax and
+the MLP's SiLU come from `cpu_math` (MLX's own CPU exp is the slow part).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from .. import cpu_math
 from ..errors import MixloraError
 
 
@@ -70,14 +72,24 @@ def _attention(attn: nn.Module, x: mx.array, mask, rope) -> mx.array:
         q, k = attn.rope(q), attn.rope(k)
     else:
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    o = mx.fast.scaled_dot_product_attention(q, k, v, scale=attn.scale, mask=mask)
+    if cpu_math.use_cpu_math():
+        o = cpu_math.attention(q, k, v, attn.scale, mask)
+    else:
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=attn.scale, mask=mask)
     return attn.o_proj(o.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+
+def _mlp(mlp: nn.Module, x: mx.array) -> mx.array:
+    """mlx-lm's Llama SwiGLU MLP, with our SiLU on the CPU; other MLPs run as they are."""
+    if type(mlp).__module__ == "mlx_lm.models.llama" and cpu_math.use_cpu_math():
+        return mlp.down_proj(cpu_math.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+    return mlp(x)
 
 
 def block(layer: nn.Module, h: mx.array, mask, rope) -> mx.array:
     """One Llama decoder block (pre-norm attention + SwiGLU MLP), mlx-lm's math."""
     h = h + _attention(layer.self_attn, layer.input_layernorm(h), mask, rope)
-    return h + layer.mlp(layer.post_attention_layernorm(h))
+    return h + _mlp(layer.mlp, layer.post_attention_layernorm(h))
 
 
 def _checkpointed(layer: nn.Module, h: mx.array, mask, rope) -> mx.array:
