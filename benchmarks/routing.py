@@ -42,22 +42,12 @@ import numpy as np
 from mlx_lm.models import llama
 
 from mlx_mixlora.adapter_format import AdapterConfig
+from mlx_mixlora.bench.timing import repeat
 from mlx_mixlora.io import write_json
 from mlx_mixlora.route import Adapter, Decision, attach_mixed, detach_mixed, fused, mixed_forward
 from mlx_mixlora.route.fused import decision_updates
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def best_of(fn, reps: int) -> float:
-    """Fastest of `reps` timed calls after one untimed warm-up call."""
-    fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
 
 
 def load() -> list[float]:
@@ -285,7 +275,7 @@ def bench_prefill(model, adapters, a) -> dict:
     mixed_idx = [0, 1, 2, 3, 0, 1, 2, 3]
 
     def timed(fn) -> float:
-        return best_of(fn, a.reps)
+        return min(repeat(fn, a.reps))
 
     out: dict = {"prompts": 8, "tokens_per_prompt": a.prefill_len, "adapters_in_batch": 4}
     attach_lora(model, adapters[0].config, adapters[0].weights)
@@ -351,7 +341,7 @@ def bench_peft(adapters, a) -> dict:
 
     def timed(fn) -> float:
         with torch.inference_mode():
-            return best_of(fn, a.reps)
+            return min(repeat(fn, a.reps))
 
     model.eval()
     model.set_adapter("a0")
