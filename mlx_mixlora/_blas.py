@@ -6,7 +6,8 @@ The Linux `mlx[cpu]` wheel links a reference BLAS (~4 GFLOP/s fp32 GEMM on a
 
 OpenBLAS picks its kernels when it loads. Debian 12's 0.3.21 files AMD Zen 4/5
 under its AVX2 "Haswell" kernels although these CPUs run the AVX-512
-"SkylakeX" kernels: fp32 GEMM measured 233 -> 432 GFLOP/s on a 2-core Zen 5.
+"SkylakeX" kernels: a 1024^3 fp32 GEMM ran at 485 GFLOP/s instead of 252 on a
+2-core Zen 5 (`mixlora doctor` with and without OPENBLAS_CORETYPE=Haswell).
 So on an AMD CPU with AVX-512 we ask for SkylakeX (`OPENBLAS_CORETYPE`), unless
 the user named a core type. This module must not import mlx.
 """

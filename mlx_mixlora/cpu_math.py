@@ -5,7 +5,8 @@ that calls libm's `fmaf` for every step of its polynomial: ~100 M values/s on
 one core. A LoRA step on a 32000-vocab model takes tens of millions of them
 (cross-entropy, attention softmax, SiLU), about a tenth of the step. The same
 Cody-Waite reduction and Cephes polynomial written as MLX elementwise ops and
-fused by `mx.compile` runs at ~450-580 M/s, within 2 ulp of `mx.exp`.
+fused by `mx.compile` runs at ~450-580 M/s, within 1 ulp of float64 exp
+(MLX's own differs from it by up to 62 ulp, and is inf above 88.0).
 
 Each function carries its own vjp (from its output), so autodiff never walks
 through the polynomial. They are meant for the CPU: on a GPU MLX's own kernels
@@ -21,7 +22,7 @@ import os
 import mlx.core as mx
 
 _LOG2E = 1.4426950408889634
-_LN2_HI = 0.693359375  # ln 2 split so n·LN2_HI is exact for |n| < 2^9
+_LN2_HI = 0.693359375  # ln 2 split (Cody-Waite): 9 significant bits, so n·LN2_HI is exact
 _LN2_LO = -2.12194440e-4
 _LO, _HI = -87.33654, 88.3762626647949  # exp underflows to 0 below, overflows above
 # Cephes expf: exp(r) ≈ 1 + r + r²·P(r) on |r| ≤ ln2/2

@@ -5,10 +5,10 @@ vocab and a prompt-masked batch the head's FLOPs and the [T, V] logits scale
 with the answer tokens, not the whole sequence.
 
 MLX's CPU `exp` is slow and single-threaded, so the [T, V] part is written to
-touch the logits as few times as possible: `logsumexp` keeps exp(x - max) for
-its backward instead of recomputing it (with `cpu_math.exp` on the CPU), and the label logit is h·W[label]
-(a [T, D] gather) rather than a pick from the logits, whose backward would be
-a [T, V] scatter.
+touch the logits as few times as possible: `logsumexp` keeps exp(x - max)
+(`cpu_math.exp` on the CPU) for its backward instead of recomputing it, and the
+label logit is h·W[label] (a [T, D] gather) rather than a pick from the logits,
+whose backward would be a [T, V] scatter.
 """
 
 from __future__ import annotations
