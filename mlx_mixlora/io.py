@@ -71,10 +71,18 @@ def _umask() -> int:
     return mask
 
 
-def write_json(path: str | Path, obj: object) -> None:
-    """Write JSON atomically with stable formatting."""
+def write_json(path: str | Path, obj: object, atomic: bool = True) -> None:
+    """Write JSON with stable formatting; atomically (temp file, fsync, rename) unless told not to.
+
+    `atomic=False` is for files inside an `atomic_dir`, whose rename already
+    publishes the whole directory at once.
+    """
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    if not atomic:
+        Path(path).write_text(text)
+        return
     with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(text)
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> dict:

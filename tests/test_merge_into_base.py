@@ -178,3 +178,42 @@ def test_fuse_reaches_through_a_lora_wrapper():
     assert_close(attn.q_proj.base.weight, np.array(orig) + 0.25)
     restore(model, handle)
     assert attn.q_proj.base.weight is orig
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16, mx.float16])
+@pytest.mark.parametrize("output", ["adapter", "deltas"])
+def test_merge_into_base_in_row_tiles_equals_one_fuse_per_weight(
+    tmp_path, monkeypatch, dtype, output
+):
+    """Tiles of 3 rows (64 rows: 21 full tiles and a short one) give the whole-weight result."""
+    import mlx_mixlora.merge.into_base as into_base
+
+    src = save_model_dir(tmp_path / "base", dtype=dtype)
+    ads = [make_adapter(1), make_adapter(2, rank=3, targets=("q_proj", "v_proj"))]
+    res = merge_adapters(ads, "linear", weights=[0.7, -1.3], output=output)
+    whole = merge_into_base(src, res.updates(), tmp_path / "whole")
+    monkeypatch.setattr(into_base, "TILE_BYTES", 3 * 64 * dtype.size)
+    tiled = merge_into_base(src, res.updates(), tmp_path / "tiled")
+    got, want = mx.load(str(tiled / "model.safetensors")), mx.load(str(whole / "model.safetensors"))
+    ref = mx.load(str(src / "model.safetensors"))
+    for p in res.module_paths():
+        k = f"{p}.weight"
+        assert got[k].dtype == dtype
+        assert mx.array_equal(got[k], want[k])
+        exact = (ref[k].astype(mx.float32) + res.delta(p)).astype(dtype)
+        assert mx.array_equal(got[k], exact) if output == "deltas" else mx.allclose(got[k], exact)
+        assert not mx.array_equal(got[k], ref[k])
+    assert (tiled / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
+
+
+def test_merge_into_base_refuses_a_header_whose_bytes_do_not_match_its_shape(tmp_path):
+    src = tmp_path / "base"
+    src.mkdir()
+    q0 = module_path(0, "q_proj")
+    info = {f"{q0}.weight": {"dtype": "F32", "shape": [64, 64], "data_offsets": [0, 8192]}}
+    raw = json.dumps(info).encode()
+    (src / "model.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(8192))
+    (src / "config.json").write_text(json.dumps(ARGS))
+    with pytest.raises(MixloraError, match=r"has 8192 bytes, not \[64, 64\] of F32"):
+        merge_into_base(src, {q0: mx.zeros((64, 64))}, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
