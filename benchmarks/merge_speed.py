@@ -71,6 +71,7 @@ COMBOS = [
     ("ties", "factor_ties", {"density": 0.2}, {"density": 0.2}),
 ]
 WEIGHTS = [0.5, 0.3, 0.2]
+TILE_MIB = [0.5, 1, 2, 4, 8, 16, 64]  # 64 MiB: every weight here in one piece
 
 
 def build(args):
@@ -308,7 +309,7 @@ def bench_merges(model, ours, args):
 def into_base_timings(ours, spec) -> dict:
     """Fuse into the saved model dir vs one read+write pass over the affected weights."""
     from mlx_mixlora.io import check_safetensors_header
-    from mlx_mixlora.merge import merge_adapters, merge_into_base
+    from mlx_mixlora.merge import into_base, merge_adapters, merge_into_base
 
     src, work, repeats = Path(spec["model_dir"]), Path(spec["work"]), spec["repeats"]
     shard = src / "model.safetensors"
@@ -359,7 +360,32 @@ def into_base_timings(ours, spec) -> dict:
             min(ts) / results["read_write_affected_s"]
         )
         results[f"into_base_{method}_vs_copy_file"] = min(ts) / results["copy_file_s"]
+    results["tile_bytes"] = into_base.TILE_BYTES
+    results["into_base_cat_vs_read_write_affected_by_tile_mib"] = tile_sweep(
+        ours, src, work, repeats, results["read_write_affected_s"]
+    )
     return results
+
+
+def tile_sweep(ours, src: Path, work: Path, repeats: int, pass_s: float) -> dict:
+    """Into-base `cat` for several tile sizes, as a ratio to the read+write pass (picks TILE_BYTES)."""
+    from mlx_mixlora.merge import into_base, merge_adapters, merge_into_base
+
+    updates = merge_adapters(ours, "cat", weights=WEIGHTS).updates()
+    default, ratios = into_base.TILE_BYTES, {}
+    try:
+        for mib in TILE_MIB:
+            into_base.TILE_BYTES = int(mib * (1 << 20))
+            ts = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                merge_into_base(src, updates, work / "out")
+                ts.append(time.perf_counter() - t)
+                shutil.rmtree(work / "out")
+            ratios[str(mib)] = min(ts) / pass_s
+    finally:
+        into_base.TILE_BYTES = default
+    return ratios
 
 
 def _fs_type(path: Path) -> str:
