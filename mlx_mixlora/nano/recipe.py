@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..cache import cache_root
 from ..tasks.synthetic import GENERATOR_VERSION
 
-CACHE_ENV = "MIXLORA_CACHE"
 # Bump when the build code (tokenizer, corpus mix, training loop) changes the weights.
 BUILD_VERSION = 2
 
@@ -53,15 +52,6 @@ class NanoRecipe:
     def key(self) -> str:
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def cache_root() -> Path:
-    """$MIXLORA_CACHE, else $XDG_CACHE_HOME/mlx-mixlora, else ~/.cache/mlx-mixlora."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "mlx-mixlora"
 
 
 def cached_path(recipe: NanoRecipe) -> Path:
