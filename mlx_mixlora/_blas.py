@@ -9,7 +9,8 @@ under its AVX2 "Haswell" kernels although these CPUs run the AVX-512
 "SkylakeX" kernels: a 1024^3 fp32 GEMM ran at 485 GFLOP/s instead of 252 on a
 2-core Zen 5 (`mixlora doctor` with and without OPENBLAS_CORETYPE=Haswell).
 So on an AMD CPU with AVX-512 we ask for SkylakeX (`OPENBLAS_CORETYPE`), unless
-the user named a core type. This module must not import mlx.
+the user named a core type. Matrix-vector products (decode steps) go to
+OpenBLAS's GEMV through `_gemv_shim`. This module must not import mlx.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import ctypes
 import os
 import sys
 import warnings
+
+from ._gemv_shim import install as install_gemv_shim
 
 OPENBLAS_SONAME = "libopenblas.so.0"
 INSTALL_HINT = "apt-get install libopenblas0-pthread"
@@ -80,7 +83,7 @@ def preload_openblas() -> bool:
     if coretype:  # read once, by OpenBLAS's load-time constructor; not left for child processes
         os.environ["OPENBLAS_CORETYPE"] = coretype
     try:
-        handle = ctypes.CDLL(soname, mode=ctypes.RTLD_GLOBAL)
+        handle = ctypes.CDLL(soname, mode=ctypes.RTLD_LOCAL)
     except OSError:
         _state["reason"] = f"{soname} not found"
         warnings.warn(
@@ -93,6 +96,8 @@ def preload_openblas() -> bool:
     finally:
         if coretype:
             del os.environ["OPENBLAS_CORETYPE"]
+    install_gemv_shim(handle)  # its cblas_sgemm must enter the global scope before OpenBLAS's
+    ctypes.CDLL(soname, mode=ctypes.RTLD_GLOBAL)  # now MLX's cblas_* resolve here
     _state["core"] = _core_name(handle)
     if coretype:
         _state["core_chosen_by"] = "mlx_mixlora (AMD CPU with AVX-512)"

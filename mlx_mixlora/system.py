@@ -11,6 +11,7 @@ import time
 
 from ._alloc import malloc_status
 from ._blas import INSTALL_HINT, blas_status
+from ._gemv_shim import shim_status
 
 
 def blas_in_use() -> str:
@@ -24,7 +25,9 @@ def blas_in_use() -> str:
             if status["core"]
             else ""
         )
-        return f"OpenBLAS ({status['path']}{core})"
+        shim = shim_status()
+        gemv = "GEMV shim on" if shim["active"] else f"GEMV shim off: {shim['reason']}"
+        return f"OpenBLAS ({status['path']}{core}; {gemv})"
     return f"reference BLAS from the mlx wheel ({status['reason']}; fix: {INSTALL_HINT})"
 
 
@@ -49,6 +52,23 @@ def gemm_gflops(n: int = 1024, repeats: int = 10) -> float:
         mx.eval(a @ b)
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
+
+
+def gemv_gbs(rows: int = 5632, cols: int = 2048, repeats: int = 20) -> float:
+    """Measured fp32 one-row product (a decode step's x @ W.T) in GB/s of W read, warm-up excluded."""
+    import mlx.core as mx
+
+    w = mx.random.normal((rows, cols), key=mx.random.key(0))
+    x = mx.random.normal((1, cols), key=mx.random.key(1))
+    mx.eval(w, x)
+    for _ in range(2):
+        mx.eval(x @ w.T)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        mx.eval(x @ w.T)
+        best = min(best, time.perf_counter() - t0)
+    return rows * cols * 4 / best / 1e9
 
 
 def device_name() -> str:
@@ -86,4 +106,5 @@ def system_report(gemm_size: int = 1024) -> dict:
         "blas": blas_in_use(),
         "heap": heap_in_use(),
         "gemm_fp32_gflops": round(gemm_gflops(gemm_size), 1),
+        "gemv_fp32_gb_s": round(gemv_gbs(), 1),
     }

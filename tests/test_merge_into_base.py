@@ -185,7 +185,12 @@ def test_fuse_reaches_through_a_lora_wrapper():
 def test_merge_into_base_in_row_tiles_equals_one_fuse_per_weight(
     tmp_path, monkeypatch, dtype, output
 ):
-    """Tiles of 3 rows (64 rows: 21 full tiles and a short one) give the whole-weight result."""
+    """Tiles of 3 rows (64 rows: 21 full tiles and a short one) give the whole-weight result.
+
+    Dense deltas are an elementwise add: bit-identical. Factors go through BLAS,
+    whose rounding may depend on the tile's row count (a 1-row tile is a GEMV):
+    equal to the fp32 result within the stored dtype's precision.
+    """
     import mlx_mixlora.merge.into_base as into_base
 
     src = save_model_dir(tmp_path / "base", dtype=dtype)
@@ -196,14 +201,19 @@ def test_merge_into_base_in_row_tiles_equals_one_fuse_per_weight(
     tiled = merge_into_base(src, res.updates(), tmp_path / "tiled")
     got, want = mx.load(str(tiled / "model.safetensors")), mx.load(str(whole / "model.safetensors"))
     ref = mx.load(str(src / "model.safetensors"))
+    rtol = {mx.float32: 1e-6, mx.float16: 2**-10, mx.bfloat16: 2**-7}[dtype]
     for p in res.module_paths():
         k = f"{p}.weight"
         assert got[k].dtype == dtype
-        assert mx.array_equal(got[k], want[k])
-        exact = (ref[k].astype(mx.float32) + res.delta(p)).astype(dtype)
-        assert mx.array_equal(got[k], exact) if output == "deltas" else mx.allclose(got[k], exact)
+        exact = ref[k].astype(mx.float32) + res.delta(p)
+        if output == "deltas":
+            assert mx.array_equal(got[k], want[k])
+            assert mx.array_equal(got[k], exact.astype(dtype))
+        else:
+            assert_close(np.array(got[k].astype(mx.float32)), np.array(exact), tol=rtol)
         assert not mx.array_equal(got[k], ref[k])
-    assert (tiled / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
+    unaffected = [k for k in ref if k.rsplit(".", 1)[0] not in res.module_paths()]
+    assert unaffected and all(mx.array_equal(got[k], ref[k]) for k in unaffected)
 
 
 def test_merge_into_base_refuses_a_header_whose_bytes_do_not_match_its_shape(tmp_path):
