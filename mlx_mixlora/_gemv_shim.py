@@ -127,8 +127,8 @@ def install(openblas: ctypes.CDLL) -> bool:
         path = build(cc)
         lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
     except (OSError, subprocess.CalledProcessError) as e:
-        detail = getattr(e, "stderr", "") or str(e)
-        _state["reason"] = f"build or load failed: {detail.strip().splitlines()[-1:]}"
+        detail = (getattr(e, "stderr", "") or str(e)).strip().splitlines() or [type(e).__name__]
+        _state["reason"] = f"build or load failed: {detail[-1]}"
         return False
     lib.mixlora_gemv_shim_init.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     lib.mixlora_gemv_shim_init(

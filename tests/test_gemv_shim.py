@@ -177,3 +177,11 @@ def test_shim_equals_openblas_sgemm_for_every_layout_and_leading_dimension(ta, t
     _sgemm(shim, *args, got, n + pad)
     assert gemv_calls() == before + 1
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)  # padding untouched as well
+
+
+def test_a_compiler_that_fails_leaves_plain_openblas_and_says_why(tmp_path):
+    cc = tmp_path / "cc"
+    cc.write_text("#!/bin/sh\necho 'cc: fatal error: no space left' >&2\nexit 1\n")
+    cc.chmod(0o755)
+    out = _status_in_subprocess(CC=str(cc), MIXLORA_CACHE=str(tmp_path / "cache"))
+    assert out == "build or load failed: cc: fatal error: no space left 24.0"
