@@ -45,7 +45,8 @@ API::
 Kernels: `kernels.combine` is one `mx.compile`d elementwise pass (trim/elect/merge)
 over the stacked deltas from one batched matmul; on Metal an optional
 `mx.fast.metal_kernel` does the elect/merge step. Factor pairs are fused into base
-weights with one `mx.addmm` each.
+weights with one `mx.addmm` each in memory (`fuse_deltas`), and one per 2 MiB row
+tile when writing a model dir (`merge_into_base`: reads, addmms and writes overlap).
 """
 
 from .into_base import fuse_deltas, merge_into_base, restore
