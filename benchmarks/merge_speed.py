@@ -308,8 +308,9 @@ def bench_merges(model, ours, args):
 
 def into_base_timings(ours, spec) -> dict:
     """Fuse into the saved model dir vs one read+write pass over the affected weights."""
+    from mlx_mixlora.bench.timing import repeat
     from mlx_mixlora.io import check_safetensors_header
-    from mlx_mixlora.merge import into_base, merge_adapters, merge_into_base
+    from mlx_mixlora.merge import into_base, merge_adapters
 
     src, work, repeats = Path(spec["model_dir"]), Path(spec["work"]), spec["repeats"]
     shard = src / "model.safetensors"
@@ -339,27 +340,15 @@ def into_base_timings(ours, spec) -> dict:
         ),
     }
     for name, fn in (("read_write_affected_s", pass_affected), ("copy_file_s", pass_copy)):
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        results[name] = min(ts)
+        results[name] = min(repeat(fn, repeats, warmup=0))
     for method, kw, output in (("cat", {}, "adapter"), ("ties", {"density": 0.2}, "deltas")):
         res = merge_adapters(ours, method, weights=WEIGHTS, output=output, **kw)
-        ts = []
-        for _ in range(repeats):
-            out = work / "out"
-            t = time.perf_counter()
-            merge_into_base(src, res.updates(), out)
-            ts.append(time.perf_counter() - t)
-            results["file_modes"] = json.loads((out / "mixlora_merge.json").read_text())["files"]
-            shutil.rmtree(out)
-        results[f"into_base_{method}_s"] = min(ts)
+        best, results["file_modes"] = best_into_base(src, res.updates(), work, repeats)
+        results[f"into_base_{method}_s"] = best
         results[f"into_base_{method}_vs_read_write_affected"] = (
-            min(ts) / results["read_write_affected_s"]
+            best / results["read_write_affected_s"]
         )
-        results[f"into_base_{method}_vs_copy_file"] = min(ts) / results["copy_file_s"]
+        results[f"into_base_{method}_vs_copy_file"] = best / results["copy_file_s"]
     results["tile_bytes"] = into_base.TILE_BYTES
     results["into_base_cat_vs_read_write_affected_by_tile_mib"] = tile_sweep(
         ours, src, work, repeats, results["read_write_affected_s"]
@@ -367,22 +356,31 @@ def into_base_timings(ours, spec) -> dict:
     return results
 
 
+def best_into_base(src: Path, updates: dict, work: Path, repeats: int) -> tuple[float, dict]:
+    """Best of `repeats` timed `merge_into_base` runs (the output is removed untimed) and
+    the clone/copy mode of each file."""
+    from mlx_mixlora.merge import merge_into_base
+
+    ts, out = [], work / "out"
+    for _ in range(repeats):
+        t = time.perf_counter()
+        merge_into_base(src, updates, out)
+        ts.append(time.perf_counter() - t)
+        modes = json.loads((out / "mixlora_merge.json").read_text())["files"]
+        shutil.rmtree(out)
+    return min(ts), modes
+
+
 def tile_sweep(ours, src: Path, work: Path, repeats: int, pass_s: float) -> dict:
     """Into-base `cat` for several tile sizes, as a ratio to the read+write pass (picks TILE_BYTES)."""
-    from mlx_mixlora.merge import into_base, merge_adapters, merge_into_base
+    from mlx_mixlora.merge import into_base, merge_adapters
 
     updates = merge_adapters(ours, "cat", weights=WEIGHTS).updates()
     default, ratios = into_base.TILE_BYTES, {}
     try:
         for mib in TILE_MIB:
             into_base.TILE_BYTES = int(mib * (1 << 20))
-            ts = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                merge_into_base(src, updates, work / "out")
-                ts.append(time.perf_counter() - t)
-                shutil.rmtree(work / "out")
-            ratios[str(mib)] = min(ts) / pass_s
+            ratios[str(mib)] = best_into_base(src, updates, work, repeats)[0] / pass_s
     finally:
         into_base.TILE_BYTES = default
     return ratios

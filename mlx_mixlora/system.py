@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import platform
 import sys
-import time
 
 from ._alloc import malloc_status
 from ._blas import INSTALL_HINT, blas_status
@@ -41,16 +40,12 @@ def gemm_gflops(n: int = 1024, repeats: int = 10) -> float:
     """Measured fp32 n×n×n GEMM throughput on MLX's default device, warm-up excluded."""
     import mlx.core as mx
 
+    from .bench.timing import repeat
+
     a = mx.random.normal((n, n), key=mx.random.key(0))
     b = mx.random.normal((n, n), key=mx.random.key(1))
     mx.eval(a, b)
-    for _ in range(2):
-        mx.eval(a @ b)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        mx.eval(a @ b)
-        best = min(best, time.perf_counter() - t0)
+    best = min(repeat(lambda: mx.eval(a @ b), repeats, warmup=2))
     return 2 * n**3 / best / 1e9
 
 
@@ -58,16 +53,12 @@ def gemv_gbs(rows: int = 5632, cols: int = 2048, repeats: int = 20) -> float:
     """Measured fp32 one-row product (a decode step's x @ W.T) in GB/s of W read, warm-up excluded."""
     import mlx.core as mx
 
+    from .bench.timing import repeat
+
     w = mx.random.normal((rows, cols), key=mx.random.key(0))
     x = mx.random.normal((1, cols), key=mx.random.key(1))
     mx.eval(w, x)
-    for _ in range(2):
-        mx.eval(x @ w.T)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        mx.eval(x @ w.T)
-        best = min(best, time.perf_counter() - t0)
+    best = min(repeat(lambda: mx.eval(x @ w.T), repeats, warmup=2))
     return rows * cols * 4 / best / 1e9
 
 
