@@ -76,7 +76,7 @@ void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha,
 }
 """
 
-_state: dict[str, object] = {"active": False, "reason": "not attempted", "path": None}
+_state: dict[str, object] = {"reason": "not attempted", "path": None}
 _lib: ctypes.CDLL | None = None
 
 
@@ -137,7 +137,7 @@ def install(openblas: ctypes.CDLL) -> bool:
     )
     lib.mixlora_gemv_shim_calls.restype = ctypes.c_longlong
     _lib = lib
-    _state.update(active=True, reason="active", path=str(path))
+    _state.update(reason="active", path=str(path))
     return True
 
 
@@ -147,4 +147,4 @@ def gemv_calls() -> int | None:
 
 
 def shim_status() -> dict[str, object]:
-    return {**_state, "gemv_calls": gemv_calls()}
+    return {**_state, "active": _lib is not None, "gemv_calls": gemv_calls()}

@@ -97,8 +97,9 @@ def merge_into_base(
     and copied byte for byte elsewhere; in the new shard only the fused tensors'
     bytes are then overwritten in place — dtypes, shapes and hence the header
     stay the same — so with a clone the whole job is one read and one write of
-    the affected weights (streamed in row tiles, see `_patch_shard`). mixlora_merge.json records clone or copy per file. When
-    `base_identity` (an adapter's recorded base) is given, a different base is refused.
+    the affected weights (streamed in row tiles, see `_patch_shard`).
+    mixlora_merge.json records clone or copy per file. When `base_identity` (an
+    adapter's recorded base) is given, a different base is refused.
     """
     from ..model import _require_model_dir
     from ..model import base_identity as _identity
