@@ -1,6 +1,7 @@
 """Tasks: registry, data sources (hub, local files, synthetic) and metrics."""
 
 from .builtin import BUILTIN_TASKS
+from .phrasing import PROMPT_STYLES, check_style, phrased_examples
 from .registry import (
     get_task,
     list_tasks,
@@ -14,17 +15,24 @@ from .spec import HubSource, Task, label_key
 
 
 def load_examples(
-    task: Task | str, source: str, split: str, n: int | None = None, seed: int = 0
+    task: Task | str,
+    source: str,
+    split: str,
+    n: int | None = None,
+    seed: int = 0,
+    prompts: str = "template",
 ) -> list[dict]:
-    """`{"prompt", "completion"}` pairs for training or evaluation."""
+    """`{"prompt", "completion"}` pairs for training or evaluation, prompts in style `prompts`."""
     task = resolve_task(task) if isinstance(task, str) else task
-    return [task.example(r) for r in load_rows(task, source, split, n=n, seed=seed)]
+    check_style(prompts, task)
+    return phrased_examples(task, load_rows(task, source, split, n=n, seed=seed), prompts, seed)
 
 
 __all__ = [
     "BUILTIN_TASKS",
     "SPLITS",
     "HubSource",
+    "PROMPT_STYLES",
     "Task",
     "get_task",
     "hash_split",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import builtin_phrasings as P
 from .spec import HubSource, Task
 
 # Hub splits: where a dataset has no labelled test split, its validation split is
@@ -18,6 +19,8 @@ CLASSIFICATION = Task(
     synthetic="ag_news",
     max_new_tokens=6,
     description="AG News topic classification",
+    phrasings=P.CLASSIFICATION_PHRASINGS,
+    heldout_phrasings=P.CLASSIFICATION_HELDOUT,
 )
 
 QA = Task(
@@ -34,6 +37,8 @@ QA = Task(
     synthetic="boolq",
     max_new_tokens=4,
     description="BoolQ yes/no question answering",
+    phrasings=P.QA_PHRASINGS,
+    heldout_phrasings=P.QA_HELDOUT,
 )
 
 SUMMARIZATION = Task(
@@ -48,6 +53,8 @@ SUMMARIZATION = Task(
     synthetic="cnn_dailymail",
     max_new_tokens=24,
     description="CNN/DailyMail summarization",
+    phrasings=P.SUMMARIZATION_PHRASINGS,
+    heldout_phrasings=P.SUMMARIZATION_HELDOUT,
 )
 
 SENTIMENT = Task(
@@ -62,6 +69,8 @@ SENTIMENT = Task(
     synthetic="sst2",
     max_new_tokens=4,
     description="SST-2 sentiment",
+    phrasings=P.SENTIMENT_PHRASINGS,
+    heldout_phrasings=P.SENTIMENT_HELDOUT,
 )
 
 BUILTIN_TASKS = (CLASSIFICATION, QA, SUMMARIZATION, SENTIMENT)

@@ -1,6 +1,6 @@
 """Adapter recipes (adapters/*.yaml): which task, data, base and training options.
 
-A recipe is ``name, task, model, source, examples`` plus a ``train:`` mapping
+A recipe is ``name, task, model, source, examples, prompts`` plus a ``train:`` mapping
 of `TrainConfig` fields, so the same file says what `mixlora demo` trains and
 how to reproduce one adapter by hand.
 """
@@ -13,8 +13,9 @@ from typing import Any
 
 from ..adapter_format import validate_name
 from ..errors import MixloraError
+from .phrasing import check_style
 
-_KEYS = {"name", "task", "model", "source", "examples", "train", "description"}
+_KEYS = {"name", "task", "model", "source", "examples", "prompts", "train", "description"}
 
 
 @dataclass
@@ -24,6 +25,7 @@ class AdapterRecipe:
     model: str = "nano"
     source: str = "synthetic"
     examples: int = 200
+    prompts: str = "varied"  # prompt style of the training examples (tasks.phrasing)
     train: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
@@ -60,6 +62,7 @@ def recipe_from_dict(d: Any, source: str = "recipe") -> AdapterRecipe:
         model=str(d.get("model", "nano")),
         source=str(d.get("source", "synthetic")),
         examples=examples,
+        prompts=check_style(str(d.get("prompts", "varied"))),
         train={str(k).replace("-", "_"): v for k, v in train.items()},
         description=str(d.get("description", "")),
     )

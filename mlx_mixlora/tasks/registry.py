@@ -10,6 +10,10 @@ map (label tasks) or none (text tasks, ROUGE-L), plus optional hub dataset:
     labels: {0: World, 1: Sports}
     metric: accuracy
     hub: {path: ag_news, splits: {test: test}}
+    phrasings:                      # optional: other wordings (train adapters and gates)
+      - "Which topic is this? {text}"
+    heldout_phrasings:              # optional: wordings kept for evaluation only
+      - "{text}\nWhat is this about?"
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ _YAML_KEYS = {
     "synthetic",
     "max_new_tokens",
     "description",
+    "phrasings",
+    "heldout_phrasings",
 }
 
 
@@ -83,6 +89,7 @@ def task_from_dict(d: dict, source: str = "task spec") -> Task:
         if not isinstance(hub, dict) or "path" not in hub:
             raise MixloraError(f"{source}: hub must be a mapping with a 'path'")
         hub = HubSource(str(hub["path"]), hub.get("name"), dict(hub.get("splits") or {}))
+    phrasings = {k: _text_list(d.get(k), k, source) for k in ("phrasings", "heldout_phrasings")}
     metric = d.get("metric", "accuracy" if labels else "rouge_l")
     try:
         return Task(
@@ -96,9 +103,18 @@ def task_from_dict(d: dict, source: str = "task spec") -> Task:
             synthetic=d.get("synthetic"),
             max_new_tokens=int(d.get("max_new_tokens", 8 if labels else 48)),
             description=str(d.get("description", "")),
+            **phrasings,
         )
     except (TypeError, ValueError) as e:
         raise MixloraError(f"{source}: malformed value: {e}") from None
+
+
+def _text_list(value, key: str, source: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise MixloraError(f"{source}: {key} must be a list of non-empty prompt texts")
+    return tuple(value)
 
 
 def load_task_yaml(path: str | Path, register: bool = True, replace: bool = False) -> Task:

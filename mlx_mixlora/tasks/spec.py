@@ -7,6 +7,7 @@ source (hub, local file, synthetic generator) feeds the same code.
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,10 @@ class Task:
     synthetic: str | None = None
     max_new_tokens: int = 8
     description: str = ""
+    # Other ways people ask for the task (same fields as `template`): `phrasings` train
+    # adapters and gates; `heldout_phrasings` only measure how they generalise.
+    phrasings: tuple[str, ...] = ()
+    heldout_phrasings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -56,12 +61,29 @@ class Task:
             )
         if self.metric == "accuracy" and not self.labels:
             raise MixloraError(f"task {self.name!r}: metric accuracy needs a label map")
+        self._check_prompt_text(self.template, "template")
+        for text in (*self.phrasings, *self.heldout_phrasings):
+            self._check_prompt_text(text, f"phrasing {text!r}", every_field=True)
+        if set(self.heldout_phrasings) & {self.template, *self.phrasings}:
+            raise MixloraError(
+                f"task {self.name!r}: a held-out phrasing is also the template or a train phrasing"
+            )
+
+    def _check_prompt_text(self, text: str, what: str, every_field: bool = False) -> None:
+        """Only the task's fields; a phrasing must show every input (it replaces the template)."""
         try:
-            self.template.format(**{f: "" for f in self.fields})
+            used = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+            text.format(**{f: "" for f in self.fields})
         except (KeyError, IndexError, ValueError) as e:
             raise MixloraError(
-                f"task {self.name!r}: template uses a field that is not in fields {list(self.fields)}: {e}"
+                f"task {self.name!r}: {what} uses a field that is not in fields "
+                f"{list(self.fields)}: {e}"
             ) from None
+        if every_field and used != set(self.fields):
+            raise MixloraError(
+                f"task {self.name!r}: {what} must use every field of "
+                f"{list(self.fields)} (uses {sorted(used)})"
+            )
 
     @property
     def is_label_task(self) -> bool:
@@ -80,8 +102,10 @@ class Task:
                 f"(has {sorted(row)})"
             )
 
-    def prompt(self, row: dict) -> str:
-        return self.template.format(**{f: _clean(row[f]) for f in self.fields})
+    def prompt(self, row: dict, phrasing: str | None = None) -> str:
+        """The row's prompt in `phrasing` (one of the task's), else in the template."""
+        text = self.template if phrasing is None else phrasing
+        return text.format(**{f: _clean(row[f]) for f in self.fields})
 
     def target_text(self, row: dict) -> str:
         value = row[self.target]
@@ -94,9 +118,9 @@ class Task:
             )
         return self.labels[key]
 
-    def example(self, row: dict) -> dict[str, str]:
+    def example(self, row: dict, phrasing: str | None = None) -> dict[str, str]:
         """The training/eval pair; the completion starts with a space after the prompt."""
-        return {"prompt": self.prompt(row), "completion": " " + self.target_text(row)}
+        return {"prompt": self.prompt(row, phrasing), "completion": " " + self.target_text(row)}
 
 
 def _clean(value: Any) -> str:

@@ -1,0 +1,63 @@
+"""How people ask: prompt styles built from a task's template and phrasings.
+
+A task's `template` is one fixed wording; a router or adapter trained on it
+alone learns to recognise that wording, not the task. Each built-in task also
+lists train phrasings (instruction before or after the text, questions,
+imperatives, terse and chatty, with and without the label list) and held-out
+phrasings that no training code uses. Styles:
+
+- ``template``: the bare template for every row (how results were measured before);
+- ``varied``: the template for `TEMPLATE_SHARE` of the rows, a train phrasing for
+  the rest (what adapters and gates train on);
+- ``heldout``: a held-out phrasing for every row (generalisation to new wordings).
+
+The phrasing of each row is drawn from a seeded RNG, so a style, a seed and the
+rows fix the prompts exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from ..errors import MixloraError
+from .spec import Task
+
+PROMPT_STYLES = ("template", "varied", "heldout")
+# Share of `varied` prompts that keep the template: the template is still the most
+# common way a prompt arrives from our own tools, so it stays well represented.
+TEMPLATE_SHARE = 0.25
+
+
+def check_style(style: str, task: Task | None = None) -> str:
+    """`style` if known (and, for ``heldout``, if `task` has held-out phrasings)."""
+    if style not in PROMPT_STYLES:
+        raise MixloraError(f"unknown prompt style {style!r}; use {', '.join(PROMPT_STYLES)}")
+    if style == "heldout" and task is not None and not task.heldout_phrasings:
+        raise MixloraError(
+            f"task {task.name!r} has no held-out phrasings (add heldout_phrasings to its yaml)"
+        )
+    return style
+
+
+def row_phrasings(task: Task, n: int, style: str, seed: int = 0) -> list[str | None]:
+    """The phrasing of each of `n` rows (None: the template)."""
+    check_style(style, task)
+    if style == "template":
+        return [None] * n
+    rng = random.Random(f"phrasing:{task.name}:{style}:{seed}")
+    if style == "heldout":
+        return [rng.choice(task.heldout_phrasings) for _ in range(n)]
+    if not task.phrasings:
+        return [None] * n
+    return [None if rng.random() < TEMPLATE_SHARE else rng.choice(task.phrasings) for _ in range(n)]
+
+
+def phrased_examples(
+    task: Task, rows: Sequence[dict], style: str = "template", seed: int = 0
+) -> list[dict[str, str]]:
+    """`{"prompt", "completion"}` pairs of `rows` with prompts in `style`."""
+    return [
+        task.example(row, p)
+        for row, p in zip(rows, row_phrasings(task, len(rows), style, seed), strict=True)
+    ]
