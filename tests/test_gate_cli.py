@@ -21,8 +21,11 @@ def test_gate_train_writes_a_gate_that_routes_held_out_prompts(gate_dir):  # noq
         "sentiment",
     ]
     assert cfg["layer"] == 1  # lowest adapted layer (1), capped at n/2 = 1
-    assert cfg["train"]["validation_accuracy"] >= 0.99
-    assert cfg["train"]["n_validation"] == 240
+    assert cfg["train"]["validation_template_accuracy"] >= 0.99
+    assert cfg["train"]["n_validation_template"] == 240
+    assert cfg["train"]["n_validation_heldout"] == 240
+    print("held-out phrasings:", cfg["train"]["validation_heldout_accuracy"])
+    assert cfg["pool"] == "mean" and cfg["train"]["prompts"] == "varied"
     assert cfg["base_model"]["fingerprint"]
 
 

@@ -43,13 +43,30 @@ def gate() -> None:
 )
 @click.option("--tasks", help="Comma list: the task of each adapter (default: each config's task).")
 @click.option(
-    "--data", default="synthetic", show_default=True, help="synthetic, hub, or a data path."
+    "--data",
+    default="synthetic",
+    show_default=True,
+    help="Task data (synthetic, hub, a task data path), or your own routing data: a jsonl of "
+    '{"prompt", "adapter"} rows, or a directory with one NAME.jsonl of prompts per adapter.',
+)
+@click.option(
+    "--prompts",
+    type=click.Choice(["varied", "template"]),
+    default="varied",
+    show_default=True,
+    help="Task prompts: the template plus each task's train phrasings, or the template only.",
 )
 @click.option(
     "--n-per-task", type=int, default=200, show_default=True, help="Training prompts per task."
 )
 @click.option(
     "--layer", type=int, default=None, help="Embedding layer L [lowest adapted layer, at most n/2]."
+)
+@click.option(
+    "--pool",
+    type=click.Choice(["mean", "last"]),
+    default=None,
+    help="Pool layer-L states over the prompt by their mean or take the last token's [mean].",
 )
 @click.option("--hidden", type=int, default=64, show_default=True, help="Gate MLP width.")
 @click.option("--steps", type=int, default=300, show_default=True)
@@ -74,8 +91,10 @@ def train(
     out,
     tasks,
     data,
+    prompts,
     n_per_task,
     layer,
+    pool,
     hidden,
     steps,
     lr,
@@ -86,14 +105,31 @@ def train(
     seed,
     overwrite,
 ) -> None:
-    """Train a gate over ADAPTERS on the base MODEL and save it to OUT."""
+    """Train a gate over ADAPTERS on the base MODEL and save it to OUT.
+
+    With registry tasks (each adapter's config names its task) the gate trains on
+    their train split and reports validation accuracy on the template and on
+    held-out phrasings. With your own data (--data FILE.jsonl or DIR) it trains on
+    90% of the prompts and reports accuracy on the other 10%.
+    """
     from pathlib import Path
 
     import mlx_mixlora  # noqa: F401
 
     from ..errors import MixloraError
-    from ..route import adapter_tasks, build_gate, evaluate_routing, labelled_prompts, save_gate
+    from ..route import (
+        adapter_tasks,
+        build_gate,
+        encode_prompts,
+        evaluate_routing,
+        feature_layer,
+        feature_pool,
+        labelled_prompts,
+        prompt_features,
+        save_gate,
+    )
     from ..route.session import load_setup
+    from ..route.user_data import is_routing_data, read_routing_rows, split_rows
 
     if Path(out).exists() and not overwrite:
         raise MixloraError(
@@ -103,6 +139,24 @@ def train(
         raise MixloraError("--n-per-task, --steps and --hidden must be >= 1")
     s = load_setup(model_dir, adapters)
     task_list = split_list(tasks)
+    layer, pool = feature_layer(s.model, s.adapters, layer), feature_pool(pool)
+    checks: dict[str, tuple[list[str], list[int]]] = {}
+    features = None
+    if is_routing_data(data, s.names):
+        train_rows, val_rows = split_rows(*read_routing_rows(data, s.names))
+        feats = prompt_features(
+            s.model, encode_prompts(s.tokenizer, train_rows[0]), layer, pool=pool
+        )
+        features = (feats, train_rows[1])
+        prompts = "user"
+        if n_eval > 0 and val_rows[0]:
+            checks["validation"] = val_rows
+    elif n_eval > 0:
+        names = adapter_tasks(s.adapters, task_list)
+        for style in ("template", "heldout"):
+            checks[f"validation_{style}"] = labelled_prompts(
+                names, "validation", n_eval, data, seed, prompts=style
+            )
     router = build_gate(
         s.model,
         s.tokenizer,
@@ -110,7 +164,7 @@ def train(
         layer=layer,
         tasks=task_list,
         n_per_task=n_per_task,
-        data=data,
+        data=str(data),
         hidden=hidden,
         steps=steps,
         lr=lr,
@@ -119,18 +173,22 @@ def train(
         threshold=threshold,
         base_model=s.base,
         seed=seed,
+        features=features,
+        pool=pool,
+        prompts=prompts,
     )
-    if n_eval > 0:
-        prompts, labels = labelled_prompts(
-            adapter_tasks(s.adapters, task_list), "validation", n_eval, data, seed
-        )
-        res = evaluate_routing(router, s.model, s.tokenizer, prompts, labels)
-        router.config.train["validation_accuracy"] = res["accuracy"]
-        router.config.train["n_validation"] = res["n"]
+    for name, (texts, labels) in checks.items():
+        res = evaluate_routing(router, s.model, s.tokenizer, texts, labels)
+        router.config.train[f"{name}_accuracy"] = res["accuracy"]
+        router.config.train[f"n_{name}"] = res["n"]
     save_gate(out, router.gate, router.config, overwrite=overwrite)
     t = router.config.train
-    msg = f"gate over {', '.join(s.names)} at layer {router.layer}: train accuracy {t['train_accuracy']:.1%}"
-    if "validation_accuracy" in t:
-        msg += f", validation accuracy {t['validation_accuracy']:.1%} (n={t['n_validation']})"
+    msg = (
+        f"gate over {', '.join(s.names)} at layer {router.layer} ({pool} pooled): "
+        f"train accuracy {t['train_accuracy']:.1%}"
+    )
+    for name in checks:
+        label = name.replace("_", " ").replace("heldout", "held-out phrasings")
+        msg += f", {label} accuracy {t[f'{name}_accuracy']:.1%} (n={t[f'n_{name}']})"
     click.echo(msg)
     click.echo(f"wrote {out}")

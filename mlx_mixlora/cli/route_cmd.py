@@ -70,7 +70,12 @@ def eval_(
     out,
     overwrite,
 ) -> None:
-    """Route held-out task prompts with each router; write routing.json (+ plots) to OUT."""
+    """Route held-out prompts with each router; write routing.json (+ plots) to OUT.
+
+    Accuracy is reported three ways: task prompts in their template, the same
+    test rows in held-out phrasings (wordings no training saw), and the
+    hand-written natural-request set. Plots show the template prompts.
+    """
     from pathlib import Path
 
     import mlx_mixlora  # noqa: F401
@@ -78,11 +83,13 @@ def eval_(
     from ..errors import MixloraError
     from ..io import atomic_dir, write_json
     from ..route import (
+        STYLE_NAMES,
+        accuracy_summary,
         adapter_tasks,
         evaluate_routing,
-        labelled_prompts,
         plot_confusion,
         plot_weights,
+        routing_prompt_sets,
     )
     from ..route.session import load_setup, make_router
 
@@ -98,23 +105,30 @@ def eval_(
         raise MixloraError("--n must be >= 1")
     s = load_setup(model_dir, adapters)
     task_list = adapter_tasks(s.adapters, split_list(tasks))
-    prompts, labels = labelled_prompts(task_list, split, n_per_task, data)
+    prompt_sets = routing_prompt_sets(task_list, split, n_per_task, data)
+    prompts, labels = prompt_sets["template"]
     built = {}
     for k in kinds:  # build every router (and fail) before writing anything
+        gate = built.get("gate")
         built[k] = make_router(
             k,
             s,
             gate_dir,
-            layer=layer if layer is not None else _gate_layer(built),
+            layer=layer if layer is not None else (gate.layer if gate else None),
             tasks=task_list,
             n_per_task=n_train,
             data=data,
+            pool=gate.pool if gate else None,
         )
-    results = {}
-    for k, r in built.items():
-        results[k] = evaluate_routing(
-            r, s.model, s.tokenizer, prompts, labels, mode="all" if k == "uniform" else "top1"
-        )
+    by_prompts: dict[str, dict] = {}
+    for style, (texts, truth) in prompt_sets.items():
+        by_prompts[style] = {
+            k: evaluate_routing(
+                r, s.model, s.tokenizer, texts, truth, mode="all" if k == "uniform" else "top1"
+            )
+            for k, r in built.items()
+        }
+    results = by_prompts["template"]
     scores = _task_scores(s, built, task_list, split, n_score, data) if n_score > 0 else None
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if plots:
@@ -131,12 +145,21 @@ def eval_(
                 "n_per_task": n_per_task,
                 "labels": labels,
                 "results": results,
+                "by_prompts": {
+                    style: {k: accuracy_summary(res, task_list) for k, res in per.items()}
+                    for style, per in by_prompts.items()
+                },
                 **({"scores": scores} if scores else {}),
             },
         )
-    click.echo(f"{'router':<10} accuracy   (n={len(labels)}, {split} split)")
-    for k, res in results.items():
-        line = f"{k:<10} {res['accuracy']:8.1%}"
+    styles = list(by_prompts)
+    click.echo(
+        f"{'router':<10} "
+        + " ".join(f"{STYLE_NAMES[st]:>18}" for st in styles)
+        + f"   (routing accuracy; {split} split, n per task: {n_per_task}; natural set)"
+    )
+    for k in built:
+        line = f"{k:<10} " + " ".join(f"{by_prompts[st][k]['accuracy']:>18.1%}" for st in styles)
         if scores:
             sc = scores[k]
             ret = sc["retention_vs_oracle"]
@@ -144,11 +167,6 @@ def eval_(
             line += f" ({ret:.1%} of oracle)" if ret is not None else " (oracle scores 0)"
         click.echo(line)
     click.echo(f"wrote {out}")
-
-
-def _gate_layer(built: dict) -> int | None:
-    g = built.get("gate")
-    return g.layer if g is not None else None
 
 
 def _task_scores(s, built: dict, task_list: list[str], split: str, n: int, data: str) -> dict:

@@ -40,23 +40,42 @@ CLI: ``mixlora gate train``, ``mixlora generate`` (``--jsonl`` batch mode runs
 mixed-adapter batches), ``mixlora route eval`` (``--score N`` adds routed task
 scores and their retention vs the oracle).
 
-Features: the mean hidden state after L decoder layers (L=0: token embeddings);
-by default L is the lowest adapted layer, capped at n_layers/2. The single-prompt
-path reuses the routing pass's KV cache for layers < L when every chosen adapter
-sits at layers >= L (see `embed.RoutedPrefill`). Arrow: see `routers`/`arrow`.
+Features: the hidden state after L decoder layers (L=0: token embeddings) pooled
+over the prompt (``mean`` by default, or ``last`` token); by default L is the
+lowest adapted layer, capped at n_layers/2. Gates and centroids train on the
+tasks' ``varied`` prompts (template plus train phrasings, `tasks.phrasing`), so
+they route how people ask, not one template: `benchmarks/routing_features.py`
+measures every layer and pooling on held-out phrasings and the natural-request
+set and picked these defaults. `mixlora gate train --data my.jsonl` trains on a
+user's own ``{"prompt", "adapter"}`` rows instead (`user_data`). The
+single-prompt path reuses the routing pass's KV cache for layers < L when every
+chosen adapter sits at layers >= L (see `embed.RoutedPrefill`). Arrow: see
+`routers`/`arrow`.
 """
 
 from .adapters import Adapter, adapter_index, load_adapters
 from .arrow import arrow_prototypes, top_right_singular
 from .build import build_centroid, build_gate, training_features
-from .embed import RoutedPrefill, mean_pool, prompt_features, run_lower, run_upper
+from .embed import (
+    POOLS,
+    RoutedPrefill,
+    mean_pool,
+    pool_states,
+    prompt_features,
+    run_lower,
+    run_upper,
+)
 from .evaluate import (
+    STYLE_NAMES,
+    accuracy_summary,
     adapter_tasks,
     confusion,
     evaluate_routing,
     labelled_prompts,
+    natural_prompts,
     plot_confusion,
     plot_weights,
+    routing_prompt_sets,
 )
 from .fused import RoutedGeneration, decision_updates, fused, generate_many, generate_routed
 from .gate import GateConfig, GateMLP, check_gate_adapters, load_gate, save_gate, train_gate
@@ -78,6 +97,7 @@ from .routers import (
     decide,
     encode_prompts,
     feature_layer,
+    feature_pool,
     route_prompts,
 )
 from .score import score_routed
@@ -93,6 +113,9 @@ def load_gate_router(gate_dir, adapters: list[Adapter]) -> GateRouter:
 
 
 __all__ = [
+    "STYLE_NAMES",
+    "accuracy_summary",
+    "routing_prompt_sets",
     "Adapter",
     "AdapterSwitcher",
     "stream_fuse",
@@ -121,14 +144,18 @@ __all__ = [
     "encode_prompts",
     "evaluate_routing",
     "feature_layer",
+    "feature_pool",
     "fused",
     "generate_many",
     "generate_routed",
     "labelled_prompts",
+    "natural_prompts",
     "load_adapters",
     "load_gate",
     "load_gate_router",
     "mean_pool",
+    "pool_states",
+    "POOLS",
     "mixed_forward",
     "mixed_generate",
     "plot_confusion",

@@ -1,4 +1,9 @@
-"""Build the prompt-feature routers (gate, centroid) from task-labelled training prompts."""
+"""Build the prompt-feature routers (gate, centroid) from task-labelled training prompts.
+
+Training prompts come in the `varied` style by default (the template plus each
+task's train phrasings), so a router learns the task rather than one wording;
+held-out phrasings and the natural-request set are never read here.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from .adapters import Adapter
 from .embed import prompt_features
 from .evaluate import adapter_tasks, labelled_prompts
 from .gate import GateConfig, train_gate
-from .routers import CentroidRouter, GateRouter, encode_prompts, feature_layer
+from .routers import CentroidRouter, GateRouter, encode_prompts, feature_layer, feature_pool
 
 
 def training_features(
@@ -23,12 +28,15 @@ def training_features(
     n_per_task: int = 200,
     data: str = "synthetic",
     seed: int = 0,
+    pool: str = "mean",
+    prompts: str = "varied",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features and adapter labels of each adapter's task's training prompts."""
-    prompts, labels = labelled_prompts(
-        adapter_tasks(adapters, tasks), "train", n_per_task, data, seed
+    texts, labels = labelled_prompts(
+        adapter_tasks(adapters, tasks), "train", n_per_task, data, seed, prompts
     )
-    return prompt_features(model, encode_prompts(tokenizer, prompts), layer), np.asarray(labels)
+    feats = prompt_features(model, encode_prompts(tokenizer, texts), layer, pool=pool)
+    return feats, np.asarray(labels)
 
 
 def build_gate(
@@ -49,11 +57,13 @@ def build_gate(
     base_model: dict | None = None,
     seed: int = 0,
     features: tuple[np.ndarray, np.ndarray] | None = None,
+    pool: str | None = None,
+    prompts: str = "varied",
 ) -> GateRouter:
     """Train a gate on the adapters' task prompts; `features` skips the embedding pass."""
-    layer = feature_layer(model, adapters, layer)
+    layer, pool = feature_layer(model, adapters, layer), feature_pool(pool)
     feats, labels = features or training_features(
-        model, tokenizer, adapters, layer, tasks, n_per_task, data, seed
+        model, tokenizer, adapters, layer, tasks, n_per_task, data, seed, pool, prompts
     )
     gate, stats = train_gate(
         feats, labels, len(adapters), hidden=hidden, steps=steps, lr=lr, seed=seed
@@ -63,14 +73,17 @@ def build_gate(
         hidden_size=int(feats.shape[1]),
         gate_hidden=hidden,
         adapters=[a.identity() for a in adapters],
+        pool=pool,
         mode=mode,
         top_k=top_k,
         threshold=threshold,
         base_model=dict(base_model or {}),
         train={
             **stats,
-            "tasks": adapter_tasks(adapters, tasks),
+            # `prompts="user"`: the caller's own labelled prompts, no registry tasks
+            "tasks": None if prompts == "user" else adapter_tasks(adapters, tasks),
             "data": data,
+            "prompts": prompts,
             "lr": lr,
             "seed": seed,
         },
@@ -89,9 +102,11 @@ def build_centroid(
     data: str = "synthetic",
     seed: int = 0,
     features: tuple[np.ndarray, np.ndarray] | None = None,
+    pool: str | None = None,
+    prompts: str = "varied",
 ) -> CentroidRouter:
-    layer = feature_layer(model, adapters, layer)
+    layer, pool = feature_layer(model, adapters, layer), feature_pool(pool)
     feats, labels = features or training_features(
-        model, tokenizer, adapters, layer, tasks, n_per_task, data, seed
+        model, tokenizer, adapters, layer, tasks, n_per_task, data, seed, pool, prompts
     )
-    return CentroidRouter(feats, labels, len(adapters), layer)
+    return CentroidRouter(feats, labels, len(adapters), layer, pool=pool)

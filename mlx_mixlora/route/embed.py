@@ -1,7 +1,9 @@
 """Prompt embeddings from the frozen base, with the prefill's KV cache kept for reuse.
 
-The routing feature is the mean (over real tokens) of the hidden state after the
-first `layer` decoder layers (`layer=0`: the token embeddings). Layers below
+The routing feature pools the hidden state after the first `layer` decoder
+layers (`layer=0`: the token embeddings) over the prompt's real tokens:
+``mean`` (average of every position) or ``last`` (the final position, which
+attends to the whole prompt once `layer` >= 1). Layers below
 `layer` see no adapter when every adapter sits at layers >= `layer`, so their
 KV cache from the routing pass *is* the adapted model's cache: the prefill
 continues from layer `layer` with the chosen adapter and routing costs no
@@ -65,6 +67,15 @@ def run_upper(
     return model.lm_head(h)
 
 
+POOLS = ("mean", "last")
+
+
+def check_pool(pool: str) -> str:
+    if pool not in POOLS:
+        raise MixloraError(f"unknown feature pooling {pool!r}; use {', '.join(POOLS)}")
+    return pool
+
+
 def mean_pool(h: mx.array, lengths: Sequence[int]) -> mx.array:
     """Mean over the first `lengths[b]` positions of each row (right padding masked out)."""
     t = h.shape[1]
@@ -73,8 +84,20 @@ def mean_pool(h: mx.array, lengths: Sequence[int]) -> mx.array:
     return s / mask.sum(axis=1, keepdims=True)
 
 
+def pool_states(h: mx.array, lengths: Sequence[int], pool: str = "mean") -> mx.array:
+    """[B, D] features of right-padded states [B, T, D] with `lengths[b]` real tokens."""
+    if check_pool(pool) == "mean":
+        return mean_pool(h, lengths)
+    last = mx.array([n - 1 for n in lengths])
+    return h[mx.arange(h.shape[0]), last].astype(mx.float32)
+
+
 def prompt_features(
-    model: Any, token_lists: Sequence[Sequence[int]], layer: int, batch_size: int = 16
+    model: Any,
+    token_lists: Sequence[Sequence[int]],
+    layer: int,
+    batch_size: int = 16,
+    pool: str = "mean",
 ) -> np.ndarray:
     """Pooled layer-`layer` features [N, D] for many prompts, batched with right padding.
 
@@ -82,6 +105,7 @@ def prompt_features(
     tokens' states, so batching gives the same features as one prompt at a time.
     """
     check_layer(model, layer)
+    check_pool(pool)
     if any(len(t) == 0 for t in token_lists):
         raise MixloraError("cannot embed an empty prompt")
     order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
@@ -91,7 +115,7 @@ def prompt_features(
         lens = [len(token_lists[i]) for i in idx]
         t = max(lens)
         batch = mx.array([list(token_lists[i]) + [0] * (t - len(token_lists[i])) for i in idx])
-        f = mean_pool(run_lower(model, batch, layer), lens)
+        f = pool_states(run_lower(model, batch, layer), lens, pool)
         out[idx] = np.array(f)
     return out
 
@@ -106,18 +130,19 @@ class RoutedPrefill:
     generator receives only the last token and a cache holding the rest.
     """
 
-    def __init__(self, model: Any, tokens: Sequence[int], layer: int):
+    def __init__(self, model: Any, tokens: Sequence[int], layer: int, pool: str = "mean"):
         if len(tokens) == 0:
             raise MixloraError("cannot route an empty prompt")
         self.model = model
         self.tokens = list(tokens)
         self.layer = check_layer(model, layer)
+        self.pool = check_pool(pool)
         self.cache = make_prompt_cache(model)
         self._h: mx.array | None = None
 
     def embed(self) -> np.ndarray:
         h = run_lower(self.model, mx.array([self.tokens]), self.layer, self.cache)
-        f = mean_pool(h, [len(self.tokens)])
+        f = pool_states(h, [len(self.tokens)], self.pool)
         mx.eval(h, f, [c.state for c in self.cache[: self.layer]])
         self._h = h
         return np.array(f[0])

@@ -34,17 +34,70 @@ def adapter_tasks(adapters: list[Adapter], tasks: Sequence[str] | None = None) -
 
 
 def labelled_prompts(
-    tasks: Sequence[str], split: str, n_per_task: int, data: str = "synthetic", seed: int = 0
+    tasks: Sequence[str],
+    split: str,
+    n_per_task: int,
+    data: str = "synthetic",
+    seed: int = 0,
+    prompts: str = "template",
 ) -> tuple[list[str], list[int]]:
-    """`n_per_task` prompts of `split` from each task, with the task's position as label."""
+    """`n_per_task` prompts of `split` from each task in style `prompts`, labelled by position."""
     from ..tasks import load_examples
 
-    prompts, labels = [], []
+    texts, labels = [], []
     for i, t in enumerate(tasks):
-        ex = load_examples(t, data, split, n=n_per_task, seed=seed)
-        prompts += [e["prompt"] for e in ex]
+        ex = load_examples(t, data, split, n=n_per_task, seed=seed, prompts=prompts)
+        texts += [e["prompt"] for e in ex]
         labels += [i] * len(ex)
-    return prompts, labels
+    return texts, labels
+
+
+def natural_prompts(tasks: Sequence[str]) -> tuple[list[str], list[int]]:
+    """The natural-request set's prompts of each task (evaluation only), labelled by position."""
+    from ..tasks import get_task
+    from ..tasks.natural import natural_examples
+
+    texts, labels = [], []
+    for i, t in enumerate(tasks):
+        ex = natural_examples(get_task(t))
+        texts += [e["prompt"] for e in ex]
+        labels += [i] * len(ex)
+    return texts, labels
+
+
+STYLE_NAMES = {
+    "template": "template",
+    "heldout": "held-out phrasings",
+    "natural": "natural requests",
+}
+
+
+def routing_prompt_sets(
+    task_list: list[str], split: str, n: int, data: str, seed: int = 0
+) -> dict[str, tuple[list[str], list[int]]]:
+    """Labelled prompts per style: the template, held-out phrasings and natural requests.
+
+    A style is left out when no task has prompts in it (e.g. a user task with no
+    held-out phrasings and no natural requests).
+    """
+    from ..tasks import get_task
+
+    sets = {"template": labelled_prompts(task_list, split, n, data, seed)}
+    if all(get_task(t).heldout_phrasings for t in task_list):
+        sets["heldout"] = labelled_prompts(task_list, split, n, data, seed, prompts="heldout")
+    natural = natural_prompts(task_list)
+    if natural[0]:
+        sets["natural"] = natural
+    return sets
+
+
+def accuracy_summary(res: dict, task_list: list[str]) -> dict:
+    """Overall and per-task routing accuracy from an `evaluate_routing` result."""
+    conf = res["confusion"]
+    per = {
+        t: (conf[i][i] / sum(conf[i]) if sum(conf[i]) else None) for i, t in enumerate(task_list)
+    }
+    return {"accuracy": res["accuracy"], "n": res["n"], "per_task": per}
 
 
 def confusion(labels: Sequence[int], chosen: Sequence[int], n: int) -> np.ndarray:

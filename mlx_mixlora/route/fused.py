@@ -90,7 +90,7 @@ def generate_routed(
     prefill = None
     if decision is None:
         if isinstance(router, FeatureRouter):
-            prefill = RoutedPrefill(model, tokens, router.layer)
+            prefill = RoutedPrefill(model, tokens, router.layer, router.pool)
             probs = router.probs_from_features(prefill.embed()[None])
         else:
             probs = router.probs(model, [tokens])

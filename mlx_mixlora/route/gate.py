@@ -26,6 +26,7 @@ from mlx.utils import tree_flatten
 from ..errors import MixloraError
 from ..io import atomic_dir, check_safetensors_header, read_json, write_json
 from .adapters import Adapter
+from .embed import POOLS
 
 GATE_FORMAT = "mlx-mixlora/gate"
 GATE_VERSION = 1
@@ -42,6 +43,7 @@ class GateConfig:
     hidden_size: int
     gate_hidden: int
     adapters: list[dict[str, Any]]
+    pool: str = "mean"  # gates saved before pooling was a choice pooled by the mean
     mode: str = "top1"
     top_k: int = 2
     threshold: float = 0.5
@@ -139,6 +141,10 @@ def load_gate(gate_dir: str | Path) -> tuple[GateMLP, GateConfig]:
         config = GateConfig(**d)
     except TypeError as e:
         raise MixloraError(f"{path / GATE_JSON}: malformed gate config: {e}") from None
+    if config.pool not in POOLS:
+        raise MixloraError(
+            f"{path / GATE_JSON}: unknown pool {config.pool!r}; use {', '.join(POOLS)}"
+        )
     if config.mode not in MODES:
         raise MixloraError(
             f"{path / GATE_JSON}: unknown mode {config.mode!r}; use {', '.join(MODES)}"

@@ -31,11 +31,12 @@ import numpy as np
 from ..errors import MixloraError
 from .adapters import Adapter
 from .arrow import arrow_prototypes
-from .embed import check_layer, prompt_features
+from .embed import check_layer, check_pool, prompt_features
 from .gate import GateConfig, GateMLP
 from .modules import linear_at, set_module
 
 DECISION_MODES = ("top1", "topk", "threshold", "all")
+DEFAULT_POOL = "mean"
 
 
 @dataclass
@@ -87,12 +88,15 @@ class FeatureRouter:
 
     layer: int
     n_adapters: int
+    pool: str = "mean"
 
     def probs_from_features(self, feats: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def probs(self, model: Any, token_lists: Sequence[Sequence[int]], labels=None) -> np.ndarray:
-        return self.probs_from_features(prompt_features(model, token_lists, self.layer))
+        return self.probs_from_features(
+            prompt_features(model, token_lists, self.layer, pool=self.pool)
+        )
 
 
 class GateRouter(FeatureRouter):
@@ -100,7 +104,7 @@ class GateRouter(FeatureRouter):
 
     def __init__(self, gate: GateMLP, config: GateConfig):
         self.gate, self.config = gate, config
-        self.layer, self.n_adapters = config.layer, config.n_adapters
+        self.layer, self.n_adapters, self.pool = config.layer, config.n_adapters, config.pool
 
     def probs_from_features(self, feats: np.ndarray) -> np.ndarray:
         return self.gate.probs(feats)
@@ -118,6 +122,7 @@ class CentroidRouter(FeatureRouter):
         n_adapters: int,
         layer: int,
         tau: float = 0.05,
+        pool: str = "mean",
     ):
         feats = np.asarray(feats, dtype=np.float32)
         labels = np.asarray(labels)
@@ -129,7 +134,7 @@ class CentroidRouter(FeatureRouter):
         z = self._norm(feats)
         c = np.stack([z[labels == i].mean(axis=0) for i in range(n_adapters)])
         self.centroids = c / (np.linalg.norm(c, axis=1, keepdims=True) + 1e-12)
-        self.layer, self.n_adapters, self.tau = layer, n_adapters, tau
+        self.layer, self.n_adapters, self.tau, self.pool = layer, n_adapters, tau, pool
 
     def _norm(self, feats: np.ndarray) -> np.ndarray:
         z = (np.asarray(feats, dtype=np.float32) - self.mean) / self.std
@@ -245,3 +250,8 @@ def feature_layer(model: Any, adapters: list[Adapter], layer: int | None = None)
         layer = min(min(a.config.layers) for a in adapters)
         layer = min(layer, n // 2)
     return check_layer(model, layer)
+
+
+def feature_pool(pool: str | None = None) -> str:
+    """The feature pooling: `pool` if given, else `DEFAULT_POOL`."""
+    return check_pool(pool or DEFAULT_POOL)

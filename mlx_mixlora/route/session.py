@@ -40,6 +40,7 @@ def make_router(
     tasks: Sequence[str] | None = None,
     n_per_task: int = 200,
     data: str = "synthetic",
+    pool: str | None = None,
 ) -> Any:
     """A router by name: gate (needs `gate_dir`), arrow, centroid, uniform, oracle."""
     from . import build, routers
@@ -64,6 +65,7 @@ def make_router(
             tasks=tasks,
             n_per_task=n_per_task,
             data=data,
+            pool=pool,
         )
     if kind == "uniform":
         return routers.UniformRouter(n)
