@@ -18,6 +18,7 @@ from .errors import MixloraError
 from .evaluate import Method, adapter_method, base_method, evaluate_matrix
 from .io import atomic_dir, write_json
 from .tasks import BUILTIN_TASKS, get_task, load_examples
+from .tasks.natural import natural_examples
 
 # The demo's merge line-up: (label, method, options). Equal weights throughout.
 MERGES: tuple[tuple[str, str, dict], ...] = (
@@ -42,6 +43,9 @@ NANO_TRAIN = {
     "seed": 0,
 }
 NANO_EXAMPLES = 3840
+# Training prompts: the template plus each task's train phrasings (tasks.phrasing), so an
+# adapter answers a task however it is asked, not only in its template.
+TRAIN_PROMPTS = "varied"
 HUB_TRAIN = {
     "rank": 8,
     "alpha": 16,
@@ -65,6 +69,7 @@ class DemoConfig:
     train_examples: int | None = None  # None: from the recipe
     iters: int | None = None  # None: from the recipe
     seed: int = 0
+    prompts: str = TRAIN_PROMPTS  # style of the training prompts (adapters and gate)
     merges: bool = True
     routing: bool = True
     plots: bool = True
@@ -135,11 +140,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             t.name: load_examples(t, cfg.data, "test", n=cfg.eval_examples, seed=cfg.seed)
             for t in tasks
         }
+        natural_sets = {t.name: natural_examples(t) for t in tasks}
         adapters: dict[str, Path] = {}
         train_info: dict[str, dict] = {}
         for t in tasks:
             _log(cfg, f"training the {t.name} adapter ({n_train} {cfg.data} examples)")
-            examples = load_examples(t, cfg.data, "train", n=n_train, seed=cfg.seed)
+            examples = load_examples(
+                t, cfg.data, "train", n=n_train, seed=cfg.seed, prompts=cfg.prompts
+            )
             tcfg = TrainConfig.from_dict(
                 {**train_opts, "name": t.name, "task": t.name}, source="demo recipe"
             )
@@ -166,12 +174,21 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         methods += [adapter_method(f"adapter:{n}", p, base=identity) for n, p in adapters.items()]
         if cfg.merges and len(adapters) > 1:
             methods += _merge_methods(adapters, tmp / "merged", identity, cfg, timings)
+        routing_accuracy = {}
         if cfg.routing and len(adapters) > 1:
-            methods += _routing_methods(model, tok, adapters, identity, cfg, timings)
+            routes, routing_accuracy = _routing_methods(
+                model, tok, adapters, identity, cfg, timings
+            )
+            methods += routes
 
         t0 = time.perf_counter()
         results = evaluate_matrix(model, tok, tasks, eval_sets, methods, progress=cfg.progress)
         timings["evaluate"] = time.perf_counter() - t0
+        if all(natural_sets.values()):  # end to end on the natural requests: route, then answer
+            t0 = time.perf_counter()
+            natural = evaluate_matrix(model, tok, tasks, natural_sets, methods, cfg.progress)
+            results["natural"] = {"scores": natural["scores"], "retention": retention(natural)}
+            timings["evaluate:natural"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - t_all
 
         results.update(
@@ -181,6 +198,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             eval_examples=cfg.eval_examples,
             train=train_info,
             train_options=train_opts,
+            train_prompts=cfg.prompts,
+            routing_accuracy=routing_accuracy,
             retention=retention(results),
             timings_s={k: round(v, 1) for k, v in timings.items()},
             version=mlx_mixlora.__version__,
@@ -232,26 +251,38 @@ def _merge_methods(
 
 def _routing_methods(
     model, tok, adapters: dict[str, Path], identity: dict, cfg: DemoConfig, timings
-) -> list[Method]:
+) -> tuple[list[Method], dict]:
     """Per-prompt routing, learned and training-free, plus its bounds (issue: seed 003).
 
     The learned top-1 gate (the seed's MixLoRA), nearest centroid of the adapters'
     training prompts, Arrow (no training data at all), a uniform merge of every
     adapter (what routing should beat) and the oracle (each prompt on its own
     task's adapter: the ceiling). Gate and centroid share one pass over the
-    training prompts.
+    training prompts (template plus train phrasings). Also returns each data-driven
+    router's routing accuracy on template prompts, held-out phrasings and the
+    natural-request set.
     """
     from . import route as R
 
     t0 = time.perf_counter()
     loaded = R.load_adapters(list(adapters.values()), base=identity)
-    layer = R.feature_layer(model, loaded)
-    feats = R.training_features(model, tok, loaded, layer, data=cfg.data, seed=cfg.seed)
+    layer, pool = R.feature_layer(model, loaded), R.feature_pool()
+    feats = R.training_features(
+        model, tok, loaded, layer, data=cfg.data, seed=cfg.seed, pool=pool, prompts=cfg.prompts
+    )
     gate = R.build_gate(
-        model, tok, loaded, layer=layer, data=cfg.data, seed=cfg.seed, features=feats
+        model,
+        tok,
+        loaded,
+        layer=layer,
+        data=cfg.data,
+        seed=cfg.seed,
+        features=feats,
+        pool=pool,
+        prompts=cfg.prompts,
     )
     timings["route:gate"] = time.perf_counter() - t0
-    centroid = R.build_centroid(model, tok, loaded, layer=layer, features=feats)
+    centroid = R.build_centroid(model, tok, loaded, layer=layer, features=feats, pool=pool)
     n = len(loaded)
     routers = (
         ("route:gate-top1", gate, "top1"),
@@ -269,7 +300,19 @@ def _routing_methods(
 
         return score
 
-    return [Method(name, kind="route", score=scorer(r, mode)) for name, r, mode in routers]
+    t0 = time.perf_counter()
+    tasks = R.adapter_tasks(loaded)
+    sets = R.routing_prompt_sets(tasks, "test", cfg.eval_examples, cfg.data, cfg.seed)
+    accuracy = {
+        name: {
+            style: R.accuracy_summary(R.evaluate_routing(r, model, tok, *sets[style]), tasks)
+            for style in sets
+        }
+        for name, r, _ in routers[:3]
+    }
+    timings["route:accuracy"] = time.perf_counter() - t0
+    methods = [Method(name, kind="route", score=scorer(r, mode)) for name, r, mode in routers]
+    return methods, accuracy
 
 
 def retention(results: dict) -> dict[str, dict[str, float]]:

@@ -9,16 +9,21 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def score_table(results: dict) -> str:
-    """Markdown table: one row per method, one column per task (primary score)."""
+def score_table(results: dict, scores: dict | None = None) -> str:
+    """Markdown table: one row per method, one column per task (primary score).
+
+    `scores` (same shape as `results["scores"]`) replaces the template-prompt scores,
+    e.g. with the natural-request block's.
+    """
     tasks = results["tasks"]
     metric = results["primary_metric"]
+    scores = scores if scores is not None else results["scores"]
     head = "| method | " + " | ".join(f"{t} ({metric[t]})" for t in tasks) + " |"
     lines = [head, "|" + "---|" * (len(tasks) + 1)]
     for m in results["methods"]:
         cells = []
         for t in tasks:
-            s = results["scores"][m["name"]][t]["score"]
+            s = scores[m["name"]][t]["score"]
             own = m["name"] == f"adapter:{t}"
             cells.append(f"**{s:.3f}**" if own else f"{s:.3f}")
         lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
@@ -101,6 +106,68 @@ def routing_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def routing_accuracy_table(results: dict) -> str:
+    """Routing accuracy per router and prompt style, per task and mean."""
+    acc = results.get("routing_accuracy") or {}
+    if not acc:
+        return ""
+    from .route import STYLE_NAMES
+
+    tasks = results["tasks"]
+    lines = [
+        "| router | prompts | " + " | ".join(tasks) + " | mean |",
+        "|" + "---|" * (len(tasks) + 3),
+    ]
+    for name, per_style in acc.items():
+        for style, summary in per_style.items():
+            cells = [summary["per_task"].get(t) for t in tasks]
+            lines.append(
+                f"| {name} | {STYLE_NAMES[style]} (n={summary['n']}) | "
+                + " | ".join("–" if c is None else f"{c:.1%}" for c in cells)
+                + f" | {summary['accuracy']:.1%} |"
+            )
+    return "\n".join(lines)
+
+
+def natural_summary(results: dict) -> str:
+    """What the natural-request block says: adapters vs their template scores, routers vs oracle."""
+    nat = (results.get("natural") or {}).get("scores")
+    if not nat:
+        return ""
+    tasks, scores = results["tasks"], results["scores"]
+    lines = ["| method | " + " | ".join(tasks) + " | mean |", "|" + "---|" * (len(tasks) + 2)]
+    own = [
+        nat[f"adapter:{t}"][t]["score"] / scores[f"adapter:{t}"][t]["score"]
+        if f"adapter:{t}" in nat and scores[f"adapter:{t}"][t]["score"]
+        else None
+        for t in tasks
+    ]
+    rows = [("own adapter: natural ÷ template score", own)]
+    if "route:oracle" in nat:
+        for m in results["methods"]:
+            if m["kind"] != "route" or m["name"] == "route:oracle":
+                continue
+            rows.append(
+                (
+                    f"{m['name']}: routed ÷ oracle",
+                    [
+                        nat[m["name"]][t]["score"] / nat["route:oracle"][t]["score"]
+                        if nat["route:oracle"][t]["score"]
+                        else None
+                        for t in tasks
+                    ],
+                )
+            )
+    for label, vals in rows:
+        mean = _mean(vals)
+        lines.append(
+            f"| {label} | "
+            + " | ".join("–" if v is None else f"{v:.3f}" for v in vals)
+            + f" | {'–' if mean is None else f'{mean:.3f}'} |"
+        )
+    return "\n".join(lines)
+
+
 def render_report(results: dict, figures: dict[str, str]) -> str:
     base = results.get("base", {})
     t = results.get("timings_s", {})
@@ -140,6 +207,33 @@ def render_report(results: dict, figures: dict[str, str]) -> str:
             "merge: all adapters at equal weight for every prompt.",
             "",
             rt,
+            "",
+        ]
+    at = routing_accuracy_table(results)
+    if at:
+        parts += [
+            "### Routing accuracy by how the request is phrased",
+            "",
+            "*template*: the test prompts above, in each task's fixed template. *held-out "
+            "phrasings*: the same test rows asked in wordings that no training saw. *natural "
+            "requests*: the hand-written set in `mlx_mixlora/tasks/natural_requests.jsonl` (a "
+            "plain instruction plus the text, the way people type; never used for training). "
+            f"Training prompts: `{results.get('train_prompts', 'template')}`.",
+            "",
+            at,
+            "",
+        ]
+    nat = (results.get("natural") or {}).get("scores")
+    if nat:
+        parts += [
+            "## Natural requests, end to end",
+            "",
+            "Every method on the natural-request set: each request is routed (for the "
+            "routers), then answered and scored like the template prompts above.",
+            "",
+            score_table(results, nat),
+            "",
+            natural_summary(results),
             "",
         ]
     lt = label_table(results)

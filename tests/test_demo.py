@@ -14,6 +14,7 @@ from mlx_mixlora.demo import (
     HUB_TRAIN,
     NANO_EXAMPLES,
     NANO_TRAIN,
+    TRAIN_PROMPTS,
     DemoConfig,
     run_demo,
 )
@@ -163,6 +164,7 @@ def test_adapter_recipes_match_the_demo_defaults(task):
     nano = load_adapter_recipe(ADAPTERS / f"{task}.nano.yaml")
     assert (nano.task, nano.model, nano.source) == (task, "nano", "synthetic")
     assert nano.train == NANO_TRAIN and nano.examples == NANO_EXAMPLES
+    assert nano.prompts == TRAIN_PROMPTS == "varied"
     hub = load_adapter_recipe(ADAPTERS / f"{task}.tinyllama.yaml")
     assert hub.source == "hub" and hub.model.startswith("TinyLlama/")
     assert hub.train == HUB_TRAIN and hub.examples == HUB_EXAMPLES == 200

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from mlx_mixlora.report import retention_table, routing_table
+from mlx_mixlora.report import (
+    natural_summary,
+    retention_table,
+    routing_accuracy_table,
+    routing_table,
+)
 
 
 def _results():
@@ -58,3 +63,40 @@ def test_retention_means_skip_missing_tasks():
     lines = retention_table(_results()).splitlines()
     assert lines[-1] == "| route:gate-top1 | 0.90 | – | 0.90 |"
     assert routing_table({**_results(), "methods": []}) == ""
+
+
+def test_routing_accuracy_table_lists_each_style_per_task():
+    res = _results()
+    res["routing_accuracy"] = {
+        "route:gate-top1": {
+            "template": {"accuracy": 1.0, "n": 8, "per_task": {"a": 1.0, "b": 1.0}},
+            "natural": {"accuracy": 0.75, "n": 8, "per_task": {"a": 0.5, "b": None}},
+        }
+    }
+    lines = routing_accuracy_table(res).splitlines()
+    assert lines[2] == "| route:gate-top1 | template (n=8) | 100.0% | 100.0% | 100.0% |"
+    assert lines[3] == "| route:gate-top1 | natural requests (n=8) | 50.0% | – | 75.0% |"
+    assert routing_accuracy_table(_results()) == ""
+
+
+def test_natural_summary_compares_adapters_to_their_template_scores_and_routers_to_the_oracle():
+    res = _results()
+    res["methods"] = [
+        {"name": "adapter:a", "kind": "adapter"},
+        {"name": "adapter:b", "kind": "adapter"},
+        {"name": "route:gate-top1", "kind": "route"},
+        {"name": "route:oracle", "kind": "route"},
+    ]
+    res["scores"] |= {"adapter:a": {"a": {"score": 0.8}}, "adapter:b": {"b": {"score": 0.5}}}
+    res["natural"] = {
+        "scores": {
+            "adapter:a": {"a": {"score": 0.6}},
+            "adapter:b": {"b": {"score": 0.5}},
+            "route:gate-top1": {"a": {"score": 0.3}, "b": {"score": 0.4}},
+            "route:oracle": {"a": {"score": 0.6}, "b": {"score": 0.5}},
+        }
+    }
+    lines = natural_summary(res).splitlines()
+    assert lines[2] == "| own adapter: natural ÷ template score | 0.750 | 1.000 | 0.875 |"
+    assert lines[3] == "| route:gate-top1: routed ÷ oracle | 0.500 | 0.800 | 0.650 |"
+    assert len(lines) == 4  # the oracle is not compared with itself

@@ -41,6 +41,13 @@ import click
     "--iters", type=int, default=None, help="Training steps per adapter (default: recipe)."
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--prompts",
+    type=click.Choice(["varied", "template"]),
+    default="varied",
+    show_default=True,
+    help="Training prompts of adapters and gate: template plus train phrasings, or template only.",
+)
 @click.option("--no-merge", is_flag=True, help="Skip the merge methods.")
 @click.option("--no-route", is_flag=True, help="Skip routing.")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
@@ -55,6 +62,7 @@ def demo(
     train_examples,
     iters,
     seed,
+    prompts,
     no_merge,
     no_route,
     no_plots,
@@ -78,6 +86,7 @@ def demo(
         train_examples=train_examples,
         iters=iters,
         seed=seed,
+        prompts=prompts,
         merges=not no_merge,
         routing=not no_route,
         plots=not no_plots,
