@@ -8,7 +8,6 @@ adapters record so adapters for different bases are never mixed.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +64,19 @@ def load(model_dir: str | Path, lazy: bool = False) -> tuple[Any, Any]:
 
 
 def base_identity(model_dir: str | Path) -> dict:
-    """What an adapter records about its base: name, shapes and a weight fingerprint."""
+    """What an adapter records about its base: where it came from, its shapes and fingerprints.
+
+    `source_fingerprint` (from mixlora_source.json, written at convert time) is
+    the same for every dtype/quantisation of one source; `fingerprint` samples
+    this dir's bytes, for dirs without one and for adapters recorded before it
+    (see `identity.identity_mismatch`). `dtype` and `model_dir` are for messages.
+    """
     path, config = _require_model_dir(model_dir)
     card = {}
     card_path = path / "mixlora_source.json"
     if card_path.is_file():
-        card = json.loads(card_path.read_text())
-    return {
+        card = read_json(card_path, what="model provenance")
+    ident = {
         "name_or_path": card.get("source", str(path)),
         "model_type": config.get("model_type"),
         "hidden_size": config.get("hidden_size"),
@@ -81,7 +86,24 @@ def base_identity(model_dir: str | Path) -> dict:
         "num_key_value_heads": config.get("num_key_value_heads", config.get("num_attention_heads")),
         "vocab_size": config.get("vocab_size"),
         "fingerprint": weights_fingerprint(path),
+        # a dir with adapters fused in (merge --into-base) keeps its base's card but is another model
+        "source_fingerprint": None
+        if (path / "mixlora_merge.json").is_file()
+        else card.get("source_fingerprint"),
+        "source_revision": card.get("resolved_revision") or card.get("revision"),
+        "dtype": _dtype_label(config),
+        "model_dir": str(path.resolve()),
     }
+    return {k: v for k, v in ident.items() if v is not None}
+
+
+def _dtype_label(config: dict) -> str | None:
+    """How this conversion stores weights: float32, or 4-bit (group 64) float16 when quantized."""
+    dtype = config.get("torch_dtype") or config.get("dtype")
+    q = config.get("quantization")
+    if q:
+        return f"{q.get('bits')}-bit (group {q.get('group_size')}) {dtype or ''}".strip()
+    return dtype
 
 
 def weights_fingerprint(model_dir: str | Path, sample_bytes: int = 1 << 20) -> str:

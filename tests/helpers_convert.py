@@ -1,0 +1,110 @@
+"""Tiny transformers-saved Llama checkpoints in each config form transformers has written.
+
+The installed transformers (5.x) saves RoPE settings as ``rope_parameters``.
+transformers 4.x wrote top-level ``rope_theta`` and ``rope_scaling`` (kind under
+``type`` before 4.43, ``rope_type`` after); those fixtures are the 5.x-saved
+weights with config.json rewritten into the 4.x keys by `_as_4x` — the weights'
+format is the same in both versions, only the config keys differ.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import make_hf_llama
+
+THETA = 500000.0
+# name -> (LlamaConfig kwargs, how config.json is written: "5x", "4x-type", "4x-rope_type")
+FORMS: dict[str, tuple[dict, str]] = {
+    "theta5e5-rope_parameters": ({"rope_parameters": {"rope_type": "default"}}, "5x"),
+    "theta5e5-4x": ({"rope_parameters": {"rope_type": "default"}}, "4x-type"),
+    "llama3-rope_parameters": (
+        {
+            "rope_parameters": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            }
+        },
+        "5x",
+    ),
+    "llama3-4x-rope_type": (
+        {
+            "rope_parameters": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            }
+        },
+        "4x-rope_type",
+    ),
+    "linear-4x-type": ({"rope_parameters": {"rope_type": "linear", "factor": 4.0}}, "4x-type"),
+    "linear-rope_parameters": ({"rope_parameters": {"rope_type": "linear", "factor": 4.0}}, "5x"),
+    "dynamic-rope_parameters": (
+        {"rope_parameters": {"rope_type": "dynamic", "factor": 3.0}, "max_position_embeddings": 8},
+        "5x",
+    ),
+    "yarn-rope_parameters": (
+        {
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 16,
+            },
+            "max_position_embeddings": 64,
+        },
+        "5x",
+    ),
+    "head_dim32-biases": (
+        {
+            "rope_parameters": {"rope_type": "default"},
+            "head_dim": 32,
+            "attention_bias": True,
+            "mlp_bias": True,
+        },
+        "5x",
+    ),
+    "head_dim32-biases-4x": (
+        {
+            "rope_parameters": {"rope_type": "default"},
+            "head_dim": 32,
+            "attention_bias": True,
+            "mlp_bias": True,
+        },
+        "4x-type",
+    ),
+}
+
+
+def _as_4x(config: dict, kind_key: str) -> dict:
+    """config.json as transformers 4.x wrote it: rope_theta + rope_scaling at top level."""
+    out = dict(config)
+    params = dict(out.pop("rope_parameters"))
+    out["rope_theta"] = params.pop("rope_theta")
+    kind = params.pop("rope_type")
+    out["rope_scaling"] = None if kind == "default" else {kind_key: kind, **params}
+    if "dtype" in out:
+        out["torch_dtype"] = out.pop("dtype")
+    return out
+
+
+def make_form_llama(path: Path, form: str, **kwargs) -> Path:
+    """A saved checkpoint (theta 5e5 everywhere) whose config.json is in `form` (a FORMS key)."""
+    cfg_kwargs, layout = FORMS[form]
+    cfg_kwargs = json.loads(json.dumps(cfg_kwargs))  # deep copy
+    cfg_kwargs.setdefault("rope_parameters", {})["rope_theta"] = THETA
+    make_hf_llama(path, config_extra=cfg_kwargs, **kwargs)
+    cfg_file = path / "config.json"
+    config = json.loads(cfg_file.read_text())
+    assert config["rope_parameters"]["rope_theta"] == THETA, (
+        config
+    )  # transformers 5 wrote the 5.x form
+    if layout != "5x":
+        config = _as_4x(config, "type" if layout == "4x-type" else "rope_type")
+        cfg_file.write_text(json.dumps(config, indent=2))
+    return path
