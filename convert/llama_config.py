@@ -47,18 +47,19 @@ def _refuse(src: str, field: str, why: str) -> MixloraError:
 
 
 def _rope_source(config: dict) -> tuple[float, dict | None]:
-    """(theta, scaling dict or None) from whichever form the config uses, 5.x's winning."""
+    """(theta, scaling dict or None) as transformers 5 reads them (4.x reads the same from its keys)."""
     params = config.get("rope_parameters")
     if params is not None and not isinstance(params, dict):
         raise MixloraError(f"config.json: rope_parameters must be an object, got {params!r}")
     scaling = config.get("rope_scaling")
     if scaling is not None and not isinstance(scaling, dict):
         raise MixloraError(f"config.json: rope_scaling must be an object, got {scaling!r}")
-    # transformers 5 reads rope_scaling (when present) as rope_parameters, theta from either place
+    # transformers 5 reads a non-empty rope_scaling *instead of* rope_parameters (theta included:
+    # then from rope_scaling, else top level, else the default), as 4.x does
     merged = dict(scaling or params or {})
     theta = merged.pop("rope_theta", None)
     if theta is None:
-        theta = (params or {}).get("rope_theta", config.get("rope_theta", DEFAULT_THETA))
+        theta = config.get("rope_theta", DEFAULT_THETA)
     kind = merged.pop("rope_type", None) or merged.pop("type", None) or "default"
     merged.pop("type", None)
     return float(theta), ({"rope_type": kind, **merged} if kind != "default" or merged else None)

@@ -15,6 +15,9 @@ from pathlib import Path
 from conftest import make_hf_llama
 
 THETA = 500000.0
+# q/k weights are scaled by this after init: random init's attention is nearly uniform, so
+# positions (what every RoPE form changes) would barely move the logits
+QK_SCALE = 8.0
 # name -> (LlamaConfig kwargs, how config.json is written: "5x", "4x-type", "4x-rope_type")
 FORMS: dict[str, tuple[dict, str]] = {
     "theta5e5-rope_parameters": ({"rope_parameters": {"rope_type": "default"}}, "5x"),
@@ -93,12 +96,24 @@ def _as_4x(config: dict, kind_key: str) -> dict:
     return out
 
 
+def _sharpen_attention(path: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    for f in path.glob("*.safetensors"):
+        weights = load_file(str(f))
+        for name in weights:
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                weights[name] = weights[name] * QK_SCALE
+        save_file(weights, str(f), metadata={"format": "pt"})
+
+
 def make_form_llama(path: Path, form: str, **kwargs) -> Path:
     """A saved checkpoint (theta 5e5 everywhere) whose config.json is in `form` (a FORMS key)."""
     cfg_kwargs, layout = FORMS[form]
     cfg_kwargs = json.loads(json.dumps(cfg_kwargs))  # deep copy
     cfg_kwargs.setdefault("rope_parameters", {})["rope_theta"] = THETA
     make_hf_llama(path, config_extra=cfg_kwargs, **kwargs)
+    _sharpen_attention(path)
     cfg_file = path / "config.json"
     config = json.loads(cfg_file.read_text())
     assert config["rope_parameters"]["rope_theta"] == THETA, (
