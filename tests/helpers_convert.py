@@ -123,3 +123,36 @@ def make_form_llama(path: Path, form: str, **kwargs) -> Path:
         config = _as_4x(config, "type" if layout == "4x-type" else "rope_type")
         cfg_file.write_text(json.dumps(config, indent=2))
     return path
+
+
+TRANSFORMERS4_ENV = "MIXLORA_TRANSFORMERS4_SITE"
+_LOGITS_CODE = """
+import json, sys, torch, transformers
+from transformers import LlamaForCausalLM
+m = LlamaForCausalLM.from_pretrained(sys.argv[1], torch_dtype=torch.float32, attn_implementation="eager")
+with torch.no_grad():
+    out = m(torch.tensor(json.loads(sys.argv[2]))).logits
+print(json.dumps({"version": transformers.__version__, "logits": out.tolist()}))
+"""
+
+
+def other_transformers_logits(site: str, path: Path, ids) -> tuple[str, object]:
+    """(version, logits) from the transformers installed under `site` (e.g. 4.57.1), in a subprocess.
+
+    The default suite has one transformers; `MIXLORA_TRANSFORMERS4_SITE` names a
+    directory holding another (e.g. `pip install --target DIR transformers==4.57.1
+    'huggingface_hub<1' 'tokenizers<0.23' requests`) to check the 4.x reading.
+    """
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    env = dict(os.environ, PYTHONPATH=site, TRANSFORMERS_VERBOSITY="error")
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOGITS_CODE, str(path), json.dumps(ids)],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result["version"], np.array(result["logits"], dtype=np.float32)

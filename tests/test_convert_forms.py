@@ -11,6 +11,7 @@ theta = 10000 without scaling (what mlx-lm ran a raw 5.x config with) differ.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -22,7 +23,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from conftest import hf_logits, read_config  # noqa: E402
-from helpers_convert import FORMS, THETA, make_form_llama  # noqa: E402
+from helpers_convert import (  # noqa: E402
+    FORMS,
+    THETA,
+    TRANSFORMERS4_ENV,
+    make_form_llama,
+    other_transformers_logits,
+)
 
 IDS = [[1, 17, 5, 99, 42, 7, 200, 3, 64, 128, 11, 250]]
 
@@ -134,3 +141,46 @@ def test_4x_rope_scaling_wins_over_rope_parameters_like_transformers(tiny_hf_lla
     conv = read_config(out)
     assert conv["rope_theta"] == 10000.0 and conv["rope_scaling"]["rope_type"] == "linear"
     assert np.abs(logits(load(out)[0]) - hf_logits(src, IDS)).max() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "form", ["llama3-rope_parameters", "yarn-rope_parameters", "linear-4x-type"]
+)
+def test_export_hf_reads_back_as_the_same_model(tmp_path, form):
+    """convert → export hf → transformers gives the source's logits; so does a dir converted
+    before normalisation (its 5.x rope_parameters left in config.json)."""
+    src = make_form_llama(tmp_path / "hf", form)
+    out = tmp_path / "mlx"
+    assert run_cli("convert", src, "-o", out, "--dtype", "float32").exit_code == 0
+    ref = hf_logits(src, IDS)
+    exported = tmp_path / "exported"
+    assert run_cli("export", "hf", out, "-o", exported).exit_code == 0
+    cfg = read_config(exported)
+    assert "rope_parameters" not in cfg and cfg["rope_theta"] == THETA
+    assert np.abs(hf_logits(exported, IDS) - ref).max() <= 1e-4
+    if form.endswith("rope_parameters"):  # an old conversion kept the source's config as is
+        old_cfg = read_config(out)
+        for key in ("rope_theta", "rope_scaling"):
+            del old_cfg[key]
+        old_cfg["rope_parameters"] = read_config(src)["rope_parameters"]
+        (out / "config.json").write_text(json.dumps(old_cfg))
+        again = tmp_path / "exported-old"
+        assert run_cli("export", "hf", out, "-o", again).exit_code == 0
+        assert np.abs(hf_logits(again, IDS) - ref).max() <= 1e-4
+
+
+@pytest.mark.skipif(
+    not os.environ.get(TRANSFORMERS4_ENV),
+    reason=f"set {TRANSFORMERS4_ENV} to a site dir with transformers 4.x to run",
+)
+@pytest.mark.parametrize(
+    "form", ["llama3-rope_parameters", "yarn-rope_parameters", "linear-4x-type"]
+)
+def test_export_hf_reads_back_the_same_in_transformers_4(tmp_path, form):
+    src = make_form_llama(tmp_path / "hf", form)
+    out, exported = tmp_path / "mlx", tmp_path / "exported"
+    assert run_cli("convert", src, "-o", out, "--dtype", "float32").exit_code == 0
+    assert run_cli("export", "hf", out, "-o", exported).exit_code == 0
+    version, theirs = other_transformers_logits(os.environ[TRANSFORMERS4_ENV], exported, IDS)
+    assert version.startswith("4.")
+    assert np.abs(theirs - hf_logits(src, IDS)).max() <= 1e-4
