@@ -74,11 +74,13 @@ def export_hf(
                     f"{p}: adapter ΔW {list(delta.shape)} does not fit the base weight {list(weights[key].shape)}"
                 )
             weights[key] = (weights[key].astype(mx.float32) + delta).astype(weights[key].dtype)
-    if config.get("tie_word_embeddings", False):
+    tied = config.get("tie_word_embeddings", True)  # mlx-lm's default, unlike transformers'
+    if tied:
         weights.pop("lm_head.weight", None)
     hf_config = {
         k: v for k, v in config.items() if k not in ("quantization", "quantization_config")
     }
+    hf_config["tie_word_embeddings"] = tied
     hf_config.pop("dtype", None)
     hf_config["torch_dtype"] = str(dtype).split(".")[-1]
     hf_config.setdefault("architectures", ["LlamaForCausalLM"])

@@ -184,3 +184,21 @@ def test_export_hf_reads_back_the_same_in_transformers_4(tmp_path, form):
     version, theirs = other_transformers_logits(os.environ[TRANSFORMERS4_ENV], exported, IDS)
     assert version.startswith("4.")
     assert np.abs(theirs - hf_logits(src, IDS)).max() <= 1e-4
+
+
+def test_export_hf_of_a_dir_without_tie_key_keeps_mlx_lm_tying(tiny_hf_llama, tmp_path):
+    """mlx-lm ties embeddings when config.json omits tie_word_embeddings; transformers would not."""
+    from mlx_mixlora.model import load
+
+    out = tmp_path / "mlx"
+    assert (
+        run_cli("convert", tiny_hf_llama(tied=True), "-o", out, "--dtype", "float32").exit_code == 0
+    )
+    cfg = read_config(out)
+    del cfg["tie_word_embeddings"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    ours = logits(load(out)[0])
+    exported = tmp_path / "exported"
+    assert run_cli("export", "hf", out, "-o", exported).exit_code == 0
+    assert read_config(exported)["tie_word_embeddings"] is True
+    assert np.abs(hf_logits(exported, IDS) - ours).max() <= 1e-4
