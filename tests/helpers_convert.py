@@ -19,36 +19,27 @@ THETA = 500000.0
 # positions (what every RoPE form changes) would barely move the logits
 QK_SCALE = 8.0
 # name -> (LlamaConfig kwargs, how config.json is written: "5x", "4x-type", "4x-rope_type")
+_DEFAULT = {"rope_parameters": {"rope_type": "default"}}
+_LLAMA3 = {
+    "rope_parameters": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,  # short, so scaling changes logits at 12 tokens
+    }
+}
+_LINEAR = {"rope_parameters": {"rope_type": "linear", "factor": 4.0}}
+_HEAD_DIM_BIASES = {**_DEFAULT, "head_dim": 32, "attention_bias": True, "mlp_bias": True}
+# name -> (LlamaConfig kwargs, how config.json is written: "5x", "4x-type", "4x-rope_type")
 FORMS: dict[str, tuple[dict, str]] = {
-    "theta5e5-rope_parameters": ({"rope_parameters": {"rope_type": "default"}}, "5x"),
-    "theta5e5-4x": ({"rope_parameters": {"rope_type": "default"}}, "4x-type"),
-    "llama3-rope_parameters": (
-        {
-            "rope_parameters": {
-                "rope_type": "llama3",
-                "factor": 8.0,
-                "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 16,
-            }
-        },
-        "5x",
-    ),
-    "llama3-4x-rope_type": (
-        {
-            "rope_parameters": {
-                "rope_type": "llama3",
-                "factor": 8.0,
-                "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 16,
-            }
-        },
-        "4x-rope_type",
-    ),
-    "linear-4x-type": ({"rope_parameters": {"rope_type": "linear", "factor": 4.0}}, "4x-type"),
-    "linear-rope_parameters": ({"rope_parameters": {"rope_type": "linear", "factor": 4.0}}, "5x"),
-    "dynamic-rope_parameters": (
+    "theta5e5-rope_parameters": (_DEFAULT, "5x"),
+    "theta5e5-4x": (_DEFAULT, "4x-type"),
+    "llama3-rope_parameters": (_LLAMA3, "5x"),
+    "llama3-4x-rope_type": (_LLAMA3, "4x-rope_type"),
+    "linear-4x-type": (_LINEAR, "4x-type"),
+    "linear-rope_parameters": (_LINEAR, "5x"),
+    "dynamic-rope_parameters": (  # max positions 8 < 12 tokens: the dynamic base moves
         {"rope_parameters": {"rope_type": "dynamic", "factor": 3.0}, "max_position_embeddings": 8},
         "5x",
     ),
@@ -63,24 +54,8 @@ FORMS: dict[str, tuple[dict, str]] = {
         },
         "5x",
     ),
-    "head_dim32-biases": (
-        {
-            "rope_parameters": {"rope_type": "default"},
-            "head_dim": 32,
-            "attention_bias": True,
-            "mlp_bias": True,
-        },
-        "5x",
-    ),
-    "head_dim32-biases-4x": (
-        {
-            "rope_parameters": {"rope_type": "default"},
-            "head_dim": 32,
-            "attention_bias": True,
-            "mlp_bias": True,
-        },
-        "4x-type",
-    ),
+    "head_dim32-biases": (_HEAD_DIM_BIASES, "5x"),
+    "head_dim32-biases-4x": (_HEAD_DIM_BIASES, "4x-type"),
 }
 
 

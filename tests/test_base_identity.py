@@ -58,13 +58,17 @@ def bases(tmp_path_factory):
 @pytest.fixture(scope="module")
 def adapter(bases, tmp_path_factory):
     """An adapter trained on the 4-bit conversion."""
-    root = tmp_path_factory.mktemp("adapter")
+    return train(bases["q4"], tmp_path_factory.mktemp("adapter"), iters=2)
+
+
+def train(model_dir, root, iters: int):
+    """A rank-2 adapter on the last layer, trained for `iters` steps with the CLI."""
     data = root / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     out = root / "ad"
     r = run_cli(
-        "train", "--model", bases["q4"], "--data", data, "--out", out,
-        "--iters", "2", "--rank", "2", "--layers", "last:1", "--max-seq-len", "16",
+        "train", "--model", model_dir, "--data", data, "--out", out,
+        "--iters", iters, "--rank", "2", "--layers", "last:1", "--max-seq-len", "16",
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     return out
@@ -148,14 +152,7 @@ def test_old_adapter_with_byte_fingerprint_only_keeps_loading(bases, adapter, tm
 
 def test_merged_adapters_from_different_conversions_are_one_base(bases, adapter, tmp_path):
     """Two adapters, trained on the 4-bit and the fp32 conversion, merge."""
-    data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    second = tmp_path / "ad32"
-    r = run_cli(
-        "train", "--model", bases["fp32"], "--data", data, "--out", second,
-        "--iters", "1", "--rank", "2", "--layers", "last:1", "--max-seq-len", "16",
-    )  # fmt: skip
-    assert r.exit_code == 0, r.output
+    second = train(bases["fp32"], tmp_path, iters=1)
     r = run_cli("merge", adapter, second, "--method", "linear", "-o", tmp_path / "m")
     assert r.exit_code == 0, r.output
 
