@@ -54,6 +54,19 @@ FORMS: dict[str, tuple[dict, str]] = {
         },
         "5x",
     ),
+    "yarn-mscale-rope_parameters": (  # mscale without mscale_all_dim: transformers ignores it
+        {
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 16,
+                "mscale": 2.0,
+                "beta_fast": 8,
+            },
+            "max_position_embeddings": 64,
+        },
+        "5x",
+    ),
     "head_dim32-biases": (_HEAD_DIM_BIASES, "5x"),
     "head_dim32-biases-4x": (_HEAD_DIM_BIASES, "4x-type"),
 }
