@@ -70,13 +70,20 @@ def forced() -> bool:
 
 def check_same_base(mine: dict, base: dict, source: str) -> None:
     """Refuse (or, forced, warn about) an adapter whose recorded base is another model than `base`."""
-    if identity_mismatch(mine, base) is None:
+    field = identity_mismatch(mine, base)
+    if field is None:
         return
+    where = (
+        "the base it was trained on (any dtype or quantisation of that source works)"
+        if field == "source_fingerprint"
+        # one side has no source fingerprint (an older adapter or model dir): only bytes compare
+        else "the very model dir it was trained on (without a source fingerprint on both sides "
+        "only identical weights files match)"
+    )
     msg = (
         f"{source}: adapter was trained on a different base model: adapter's base {describe(mine)}, "
-        f"this base {describe(base)}. Load it on the base it was trained on (any dtype or "
-        "quantisation of that source works) or retrain it on this base; `mixlora --force` "
-        "loads it anyway (unsafe: on another model its outputs are meaningless)"
+        f"this base {describe(base)}. Load it on {where} or retrain it on this base; "
+        "`mixlora --force` loads it anyway (unsafe: on another model its outputs are meaningless)"
     )
     if forced():
         print(f"warning: {msg}", file=sys.stderr, flush=True)

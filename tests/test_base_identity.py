@@ -117,6 +117,7 @@ def test_adapter_for_a_same_shape_other_model_is_refused_naming_both(bases, adap
     assert mine["source_fingerprint"] in head
     assert tail.startswith(f"{theirs['name_or_path']} (float32, dir {bases['other']}")
     assert theirs["source_fingerprint"] in tail
+    assert "any dtype or quantisation of that source works" in msg
     assert "retrain it on this base" in msg and "`mixlora --force`" in msg and "unsafe" in msg
 
 
@@ -146,8 +147,9 @@ def test_old_adapter_with_byte_fingerprint_only_keeps_loading(bases, adapter, tm
     }
     (old / "adapter_config.json").write_text(json.dumps(cfg))
     _load_on(old, bases["fp32"])
-    with pytest.raises(MixloraError, match="weights fingerprint"):
+    with pytest.raises(MixloraError, match="weights fingerprint") as e:
         _load_on(old, bases["bf16"])
+    assert "only identical weights files match" in str(e.value)
 
 
 def test_merged_adapters_from_different_conversions_are_one_base(bases, adapter, tmp_path):
