@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MixloraError
-from .io import PICKLE_SUFFIXES, read_json
+from .io import PICKLE_SUFFIXES, check_safetensors_header, read_json
 
 LLAMA_FAMILY = {"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3"}
 
@@ -91,15 +91,26 @@ def base_identity(model_dir: str | Path) -> dict:
         if (path / "mixlora_merge.json").is_file()
         else card.get("source_fingerprint"),
         "source_revision": card.get("resolved_revision") or card.get("revision"),
-        "dtype": _dtype_label(config),
+        "dtype": _dtype_label(path, config),
         "model_dir": str(path.resolve()),
     }
     return {k: v for k, v in ident.items() if v is not None}
 
 
-def _dtype_label(config: dict) -> str | None:
-    """How this conversion stores weights: float32, or 4-bit (group 64) float16 when quantized."""
+def _dtype_label(path: Path, config: dict) -> str | None:
+    """How this dir stores weights: float32, or 4-bit (group 64) float16 when quantized.
+
+    From config.json's torch_dtype, else from the embedding's dtype in the
+    safetensors header (the nano base and mlx-lm conversions may not record it).
+    """
     dtype = config.get("torch_dtype") or config.get("dtype")
+    if not dtype:
+        stored = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+        for f in sorted(path.glob("*.safetensors")):
+            info = check_safetensors_header(f).get("model.embed_tokens.weight")
+            if info:
+                dtype = stored.get(info.get("dtype"), info.get("dtype"))
+                break
     q = config.get("quantization")
     if q:
         return f"{q.get('bits')}-bit (group {q.get('group_size')}) {dtype or ''}".strip()

@@ -171,3 +171,21 @@ def test_merged_adapters_from_different_conversions_are_one_base(bases, adapter,
 )  # fmt: skip
 def test_identity_compares_the_strongest_field_both_have(mine, base, field):
     assert identity_mismatch(mine, base) == field
+
+
+def test_dtype_of_a_dir_without_torch_dtype_comes_from_its_weights(tmp_path):
+    """The nano base and mlx-lm conversions may not record torch_dtype; messages still say it."""
+    import mlx.core as mx
+    from helpers_train import save_model_dir
+
+    from mlx_mixlora.model import base_identity
+
+    path = save_model_dir(tmp_path / "m")
+    config = json.loads((path / "config.json").read_text())
+    assert "torch_dtype" not in config and "dtype" not in config
+    assert base_identity(path)["dtype"] == "float32"
+    weights = path / "model.safetensors"
+    mx.save_safetensors(
+        str(weights), {k: v.astype(mx.bfloat16) for k, v in mx.load(str(weights)).items()}
+    )
+    assert base_identity(path)["dtype"] == "bfloat16"
