@@ -4,7 +4,10 @@ The output is what `mlx_lm.load` and `mlx_mixlora.model.load` read: config.json
 (the HF config, plus `quantization` when quantized), safetensors weights,
 tokenizer files, a README model card and `mixlora_source.json` (provenance).
 Tensor names of HF's LlamaForCausalLM already match mlx-lm's Llama; the work is
-validation (nothing missing, nothing pickled), dtype casting and quantization.
+validation (nothing missing, nothing pickled), the config's RoPE form
+(`llama_config.normalize_llama_config`), dtype casting and quantization.
+mixlora_source.json records the source's dtype-independent fingerprint
+(`identity.source_fingerprint`), which adapters use to recognise their base.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MixloraError
+from ..identity import source_fingerprint
 from ..io import PICKLE_SUFFIXES, atomic_dir, check_safetensors_header, read_json, write_json
 from .hub import resolve_source
+from .llama_config import normalize_llama_config
 
 DTYPES = ("float32", "float16", "bfloat16")
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
@@ -70,7 +75,7 @@ def _check_config(src: Path) -> dict:
     ):
         if not isinstance(config.get(key), int):
             raise MixloraError(f"{src}/config.json: missing or non-integer {key!r}")
-    return config
+    return normalize_llama_config(config, str(src))
 
 
 def _weight_files(src: Path) -> list[Path]:
@@ -109,7 +114,12 @@ def _load_weights(files: list[Path]) -> dict:
 
 
 def _build_model(config: dict, weights: dict, dtype: str, src: Path):
-    """Instantiate mlx-lm's Llama for `config` and load `weights` after a complete name/shape check."""
+    """mlx-lm's Llama for `config` with `weights` loaded (after a complete name/shape check).
+
+    Returns `(model, source_fingerprint)`: the fingerprint is taken from the
+    checkpoint's tensors before the cast, so every dtype and quantisation of one
+    source records the same one.
+    """
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.utils import _get_classes
@@ -133,10 +143,11 @@ def _build_model(config: dict, weights: dict, dtype: str, src: Path):
             raise MixloraError(
                 f"{src}: tensor {name} has shape {list(value.shape)}, the config implies {list(expected[name].shape)}"
             )
+    fingerprint = source_fingerprint(weights)
     target = getattr(mx, dtype)
     model.load_weights([(k, v.astype(target)) for k, v in weights.items()], strict=True)
     mx.eval(model.parameters())
-    return model
+    return model, fingerprint
 
 
 def _model_card(source: str, config: dict, opts: ConvertOptions, dtype: str) -> str:
@@ -171,7 +182,7 @@ def convert_hf_to_mlx(src: str, dst: str | Path, opts: ConvertOptions | None = N
     local = resolve_source(src, revision=opts.revision)
     config = _check_config(local)
     weights = _load_weights(_weight_files(local))
-    model = _build_model(config, weights, dtype, local)
+    model, fingerprint = _build_model(config, weights, dtype, local)
     del weights
     config = dict(config)
     config["torch_dtype"] = dtype
@@ -196,6 +207,9 @@ def convert_hf_to_mlx(src: str, dst: str | Path, opts: ConvertOptions | None = N
             {
                 "source": src,
                 "revision": opts.revision,
+                # the hub snapshot's commit when downloaded (snapshots/<commit>), else None
+                "resolved_revision": local.name if local != Path(src).expanduser() else None,
+                "source_fingerprint": fingerprint,
                 "dtype": dtype,
                 "quantization": config.get("quantization"),
                 "converted_with": f"mlx-mixlora {mlx_mixlora.__version__}",

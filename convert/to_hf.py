@@ -14,6 +14,7 @@ from ..adapter_format import check_against_base, load_adapter
 from ..errors import MixloraError
 from ..io import atomic_dir, read_json, write_json
 from .hf_to_mlx import TOKENIZER_FILES
+from .llama_config import normalize_llama_config
 
 
 def _dequantize(weights: dict, config: dict) -> dict:
@@ -45,7 +46,11 @@ def export_hf(
     adapter_dir: str | Path | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write config.json + model.safetensors + tokenizer files for transformers."""
+    """Write config.json + model.safetensors + tokenizer files for transformers.
+
+    A Llama config is written in transformers 4.x's form (top-level rope_theta and
+    rope_scaling with both `type` and `rope_type`), which 4.x and 5.x read alike.
+    """
     import mlx.core as mx
 
     from ..model import _require_model_dir, base_identity
@@ -69,13 +74,19 @@ def export_hf(
                     f"{p}: adapter ΔW {list(delta.shape)} does not fit the base weight {list(weights[key].shape)}"
                 )
             weights[key] = (weights[key].astype(mx.float32) + delta).astype(weights[key].dtype)
-    if config.get("tie_word_embeddings", False):
+    tied = config.get("tie_word_embeddings", True)  # mlx-lm's default, unlike transformers'
+    if tied:
         weights.pop("lm_head.weight", None)
     hf_config = {
         k: v for k, v in config.items() if k not in ("quantization", "quantization_config")
     }
+    hf_config["tie_word_embeddings"] = tied
+    hf_config.pop("dtype", None)
     hf_config["torch_dtype"] = str(dtype).split(".")[-1]
     hf_config.setdefault("architectures", ["LlamaForCausalLM"])
+    # dirs converted before RoPE forms were normalised may still hold 5.x's rope_parameters
+    if hf_config.get("model_type") == "llama":
+        hf_config = normalize_llama_config(hf_config, str(model_dir))
     with atomic_dir(out, overwrite=overwrite) as tmp:
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "pt"})
         write_json(tmp / "config.json", hf_config)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MixloraError
+from .identity import check_same_base
 from .io import atomic_dir, check_safetensors_header, read_json, write_json
 
 CONFIG_FILE = "adapter_config.json"
@@ -287,12 +288,4 @@ def check_against_base(
         raise MixloraError(
             f"{source}: adapter uses layer {max(config.layers)} but the base has {n_layers} layers"
         )
-    if (
-        mine.get("fingerprint")
-        and base.get("fingerprint")
-        and mine["fingerprint"] != base["fingerprint"]
-    ):
-        raise MixloraError(
-            f"{source}: adapter was trained on a different base model "
-            f"(fingerprint {mine['fingerprint']} vs {base['fingerprint']})"
-        )
+    check_same_base(mine, base, source)

@@ -8,12 +8,11 @@ adapters record so adapters for different bases are never mixed.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from .errors import MixloraError
-from .io import PICKLE_SUFFIXES, read_json
+from .io import PICKLE_SUFFIXES, check_safetensors_header, read_json
 
 LLAMA_FAMILY = {"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3"}
 
@@ -65,13 +64,19 @@ def load(model_dir: str | Path, lazy: bool = False) -> tuple[Any, Any]:
 
 
 def base_identity(model_dir: str | Path) -> dict:
-    """What an adapter records about its base: name, shapes and a weight fingerprint."""
+    """What an adapter records about its base: where it came from, its shapes and fingerprints.
+
+    `source_fingerprint` (from mixlora_source.json, written at convert time) is
+    the same for every dtype/quantisation of one source; `fingerprint` samples
+    this dir's bytes, for dirs without one and for adapters recorded before it
+    (see `identity.identity_mismatch`). `dtype` and `model_dir` are for messages.
+    """
     path, config = _require_model_dir(model_dir)
     card = {}
     card_path = path / "mixlora_source.json"
     if card_path.is_file():
-        card = json.loads(card_path.read_text())
-    return {
+        card = read_json(card_path, what="model provenance")
+    ident = {
         "name_or_path": card.get("source", str(path)),
         "model_type": config.get("model_type"),
         "hidden_size": config.get("hidden_size"),
@@ -81,7 +86,35 @@ def base_identity(model_dir: str | Path) -> dict:
         "num_key_value_heads": config.get("num_key_value_heads", config.get("num_attention_heads")),
         "vocab_size": config.get("vocab_size"),
         "fingerprint": weights_fingerprint(path),
+        # a dir with adapters fused in (merge --into-base) keeps its base's card but is another model
+        "source_fingerprint": None
+        if (path / "mixlora_merge.json").is_file()
+        else card.get("source_fingerprint"),
+        "source_revision": card.get("resolved_revision") or card.get("revision"),
+        "dtype": _dtype_label(path, config),
+        "model_dir": str(path.resolve()),
     }
+    return {k: v for k, v in ident.items() if v is not None}
+
+
+def _dtype_label(path: Path, config: dict) -> str | None:
+    """How this dir stores weights: float32, or 4-bit (group 64) float16 when quantized.
+
+    From config.json's torch_dtype, else from the embedding's dtype in the
+    safetensors header (the nano base and mlx-lm conversions may not record it).
+    """
+    dtype = config.get("torch_dtype") or config.get("dtype")
+    if not dtype:
+        stored = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+        for f in sorted(path.glob("*.safetensors")):
+            info = check_safetensors_header(f).get("model.embed_tokens.weight")
+            if info:
+                dtype = stored.get(info.get("dtype"), info.get("dtype"))
+                break
+    q = config.get("quantization")
+    if q:
+        return f"{q.get('bits')}-bit (group {q.get('group_size')}) {dtype or ''}".strip()
+    return dtype
 
 
 def weights_fingerprint(model_dir: str | Path, sample_bytes: int = 1 << 20) -> str:

@@ -51,13 +51,17 @@ def make_hf_llama(
     max_shard_size: str | None = None,
     safe: bool = True,
     tokenizer: bool = True,
+    config_extra: dict | None = None,
 ) -> Path:
-    """Save a random LlamaForCausalLM (and tokenizer) to `path`; returns `path`."""
+    """Save a random LlamaForCausalLM (and tokenizer) to `path`; returns `path`.
+
+    `config_extra` overrides LlamaConfig arguments (RoPE forms, head_dim, biases).
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    cfg_kwargs = dict(
         hidden_size=hidden,
         intermediate_size=intermediate,
         num_hidden_layers=layers,
@@ -72,10 +76,13 @@ def make_hf_llama(
         eos_token_id=2,
         pad_token_id=3,
     )
+    if config_extra and "rope_parameters" in config_extra:
+        del cfg_kwargs["rope_theta"]
+    config = LlamaConfig(**{**cfg_kwargs, **(config_extra or {})})
     model = LlamaForCausalLM(config)
-    with torch.no_grad():  # norms start at 1.0; perturb them so parity checks see them
+    with torch.no_grad():  # norms start at 1.0, biases at 0; perturb them so parity checks see them
         for name, p in model.named_parameters():
-            if "norm" in name:
+            if "norm" in name or name.endswith(".bias"):
                 p.add_(0.1 * torch.randn_like(p))
     model = model.to(getattr(torch, dtype))
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}

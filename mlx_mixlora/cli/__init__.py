@@ -8,11 +8,13 @@ another. A `MixloraError` becomes one `error: ...` line and exit code 1.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
 
 from ..errors import MixloraError
+from ..identity import FORCE_ENV
 
 # name -> "module:attribute" (module relative to this package)
 COMMANDS: dict[str, str] = {
@@ -54,5 +56,13 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlx-mixlora")
-def main() -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="UNSAFE: use adapters on a base other than the one they were trained on "
+    f"(warn instead of refusing; same as {FORCE_ENV}=1). On another model their outputs are meaningless.",
+)
+def main(force: bool) -> None:
     """mlx-mixlora: train, merge, route and export LoRA adapters on MLX."""
+    if force:  # read by identity.check_same_base, wherever a command checks an adapter's base
+        os.environ[FORCE_ENV] = "1"

@@ -25,7 +25,12 @@ from ..convert.hf_to_mlx import DTYPES
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 def convert(src, dst, dtype, quantize, q_bits, q_group_size, revision, overwrite) -> None:
-    """Convert SRC (a local HF Llama dir or a hub id such as TinyLlama/TinyLlama-1.1B-Chat-v1.0)."""
+    """Convert SRC (a local HF Llama dir or a hub id such as TinyLlama/TinyLlama-1.1B-Chat-v1.0).
+
+    RoPE settings in any form transformers 4.x or 5.x wrote are rewritten into
+    the one mlx-lm reads; the source's fingerprint is recorded so adapters
+    trained on this conversion load on every other dtype or quantisation of it.
+    """
     from ..convert import ConvertOptions, convert_hf_to_mlx
     from ..convert.hf_to_mlx import describe
 

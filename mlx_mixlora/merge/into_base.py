@@ -17,6 +17,7 @@ import numpy as np
 
 from ..clone import clone_or_copy
 from ..errors import MixloraError
+from ..identity import check_same_base
 from ..io import atomic_dir, check_safetensors_header, write_json
 
 Update = Any  # mx.array ΔW [out, in]  or  (B [out, r], A [r, in])
@@ -107,12 +108,13 @@ def merge_into_base(
     src, config = _require_model_dir(model_dir)
     if base_identity:
         mine = _identity(src)
-        for key in ("hidden_size", "num_hidden_layers", "fingerprint"):
+        for key in ("hidden_size", "num_hidden_layers"):
             if base_identity.get(key) is not None and base_identity[key] != mine.get(key):
                 raise MixloraError(
                     f"{src} is not the base these adapters were made for "
                     f"({key} {mine.get(key)} vs {base_identity[key]})"
                 )
+        check_same_base(base_identity, mine, f"{src}")
     if config.get("quantization"):
         raise MixloraError(f"{src} is quantized; merge into an unquantized (fp32/bf16/fp16) base")
     headers = {

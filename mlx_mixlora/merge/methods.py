@@ -29,6 +29,7 @@ from ..adapter_format import (
     parse_module_path,
 )
 from ..errors import MixloraError
+from ..identity import describe, identity_mismatch
 from . import kernels
 from .layers import parse_layer_ranges, parse_layer_weights, parse_weights
 from .svd import factored_svd, randomized_svd
@@ -106,7 +107,7 @@ def _stable_seed(seed: int, *parts: object) -> int:
 
 
 def check_compatible(adapters: Sequence[tuple[AdapterConfig, dict]]) -> None:
-    """Same base (shapes + fingerprint), well-formed weights, equal shapes per shared module."""
+    """Same base (shapes + identity, see `identity.identity_mismatch`), well-formed weights, equal shapes per shared module."""
     if not adapters:
         raise MixloraError("nothing to merge: give at least one adapter")
     first = adapters[0][0].base_model
@@ -115,12 +116,18 @@ def check_compatible(adapters: Sequence[tuple[AdapterConfig, dict]]) -> None:
             raise MixloraError(f"adapter {idx} is not an (AdapterConfig, weights) pair")
         check_weights(cfg, {k: tuple(v.shape) for k, v in w.items()}, source=f"adapter {idx}")
         mine = cfg.base_model
-        for key in (*_IDENTITY_KEYS, "fingerprint"):
+        for key in _IDENTITY_KEYS:
             if mine.get(key) is not None and first.get(key) is not None and mine[key] != first[key]:
                 raise MixloraError(
                     f"adapter {idx} ({cfg.name or 'unnamed'}) was made for a different base "
                     f"({key} {mine[key]} vs {first[key]}); adapters for different bases cannot be merged"
                 )
+        if identity_mismatch(mine, first):
+            raise MixloraError(
+                f"adapter {idx} ({cfg.name or 'unnamed'}) was made for a different base "
+                f"({describe(mine)} vs adapter 0's {describe(first)}); adapters for different "
+                "bases cannot be merged"
+            )
     shapes: dict[str, tuple[int, int, int]] = {}
     for idx, (cfg, w) in enumerate(adapters):
         for p in cfg.module_paths():
