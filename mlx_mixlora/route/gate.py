@@ -25,6 +25,7 @@ from mlx.utils import tree_flatten
 
 from ..errors import MixloraError
 from ..io import atomic_dir, check_safetensors_header, read_json, write_json
+from ..validate import finite_tensors
 from .adapters import Adapter
 
 GATE_FORMAT = "mlx-mixlora/gate"
@@ -117,6 +118,7 @@ def save_gate(
 ) -> Path:
     """Write gate.safetensors + gate.json atomically."""
     arrays = dict(tree_flatten(gate.parameters()))
+    finite_tensors(arrays, source=f"gate for {out_dir}")
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         mx.save_safetensors(str(tmp / GATE_WEIGHTS), arrays, metadata={"format": GATE_FORMAT})
         write_json(tmp / GATE_JSON, asdict(config))
@@ -149,7 +151,9 @@ def load_gate(gate_dir: str | Path) -> tuple[GateMLP, GateConfig]:
     check_safetensors_header(wfile)
     gate = GateMLP(config.hidden_size, config.gate_hidden, config.n_adapters)
     try:
-        gate.load_weights(list(mx.load(str(wfile)).items()), strict=True)
+        gate.load_weights(
+            list(finite_tensors(mx.load(str(wfile)), str(wfile)).items()), strict=True
+        )
     except (ValueError, RuntimeError) as e:
         raise MixloraError(f"{wfile} does not match {GATE_JSON}: {e}") from None
     return gate, config
