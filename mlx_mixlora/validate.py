@@ -106,6 +106,30 @@ COUNT = click.IntRange(min=1)
 NON_NEGATIVE_INT = click.IntRange(min=0)
 
 
+def field_types(cls: type, values: Mapping[str, Any], source: str) -> None:
+    """Values for a dataclass's fields must have its defaults' types (bool, int, float, str)."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        default = defaults.get(key, dataclasses.MISSING)
+        if value is None or default is None or default is dataclasses.MISSING:
+            continue
+        if isinstance(default, bool):
+            ok, what = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            what = "a number"
+        elif isinstance(default, str):
+            ok, what = isinstance(value, str | int | list), "a string"
+        else:
+            continue
+        if not ok:
+            raise MixloraError(f"{source}: {key} must be {what}, got {value!r}")
+
+
 def finite_tensors(arrays: Mapping[str, Any], source: str) -> Mapping[str, Any]:
     """Refuse NaN/inf anywhere in `arrays`, naming the first bad tensor; returns `arrays`."""
     import mlx.core as mx

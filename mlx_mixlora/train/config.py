@@ -9,7 +9,7 @@ from typing import Any
 
 from ..adapter_format import ATTENTION_TARGETS, TARGET_PARENT
 from ..errors import MixloraError
-from ..validate import MAX_SEED, number
+from ..validate import MAX_SEED, field_types, number
 from .data import LONG_POLICIES
 
 
@@ -97,6 +97,7 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise MixloraError(f"{source}: unknown keys {unknown}; known: {sorted(known)}")
+        field_types(cls, d, source)
         try:
             return cls(**d).validate()
         except TypeError as e:
