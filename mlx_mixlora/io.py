@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -210,6 +211,38 @@ def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
+SAFETENSORS_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8,
+}  # fmt: skip
+
+
+def _tensor_entry(path: Path, key: str, info: object) -> int:
+    """One header entry: known dtype, a shape of non-negative ints, offsets that hold exactly it."""
+
+    def ints(v, n=None):
+        return (
+            isinstance(v, list)
+            and (n is None or len(v) == n)
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+        )
+
+    if not isinstance(info, dict) or not ints(info.get("data_offsets"), 2):
+        raise MixloraError(f"{path}: tensor {key!r} has no valid data_offsets")
+    start, stop = info["data_offsets"]
+    dtype, shape = info.get("dtype"), info.get("shape")
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPE_BYTES or not ints(shape):
+        raise MixloraError(
+            f"{path}: tensor {key!r} has an invalid dtype {dtype!r} or shape {shape!r}"
+        )
+    need = SAFETENSORS_DTYPE_BYTES[dtype] * math.prod(shape)
+    if stop - start != need:
+        raise MixloraError(
+            f"{path}: tensor {key!r} ({dtype} {shape}) needs {need} bytes, its offsets span {stop - start}"
+        )
+    return stop
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -281,10 +314,7 @@ def check_safetensors_header(path: str | Path) -> dict:
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        try:
-            start, stop = info["data_offsets"]
-        except (TypeError, KeyError, ValueError):
-            raise MixloraError(f"{path}: tensor {key!r} has no valid data_offsets") from None
+        stop = _tensor_entry(path, key, info)
         end = max(end, stop)
     if 8 + n + end > size:
         raise MixloraError(

@@ -130,6 +130,36 @@ def field_types(cls: type, values: Mapping[str, Any], source: str) -> None:
             raise MixloraError(f"{source}: {key} must be {what}, got {value!r}")
 
 
+def gate_fields(d: Mapping[str, Any], source: str) -> None:
+    """A saved gate's numbers before a GateMLP is built from them."""
+    fields = (
+        ("layer", 0),
+        ("hidden_size", 1),
+        ("gate_hidden", 1),
+        ("top_k", 1),
+        ("format_version", 0),
+    )
+    for key, lo in fields:
+        if key in d:
+            integer(f"{source}: {key}", d[key] if d[key] is not None else "null", lo, MAX_DIM)
+    if "threshold" in d:
+        number(
+            f"{source}: threshold",
+            d["threshold"] if d["threshold"] is not None else "null",
+            lo=0,
+            hi=1,
+        )
+    adapters = d.get("adapters", [])
+    if not isinstance(adapters, list) or not all(isinstance(a, dict) for a in adapters):
+        raise MixloraError(f"{source}: adapters must be a list of objects")
+    for key in ("base_model", "train"):
+        if not isinstance(d.get(key, {}), dict):
+            raise MixloraError(f"{source}: {key} must be an object")
+    for key in ("mode", "format"):
+        if key in d and not isinstance(d[key], str):
+            raise MixloraError(f"{source}: {key} must be a string")
+
+
 def finite_tensors(arrays: Mapping[str, Any], source: str) -> Mapping[str, Any]:
     """Refuse NaN/inf anywhere in `arrays`, naming the first bad tensor; returns `arrays`."""
     import mlx.core as mx

@@ -25,7 +25,7 @@ from mlx.utils import tree_flatten
 
 from ..errors import MixloraError
 from ..io import atomic_dir, check_safetensors_header, read_json, write_json
-from ..validate import finite_tensors
+from ..validate import finite_tensors, gate_fields
 from .adapters import Adapter
 
 GATE_FORMAT = "mlx-mixlora/gate"
@@ -131,6 +131,7 @@ def load_gate(gate_dir: str | Path) -> tuple[GateMLP, GateConfig]:
     if not path.is_dir():
         raise MixloraError(f"gate directory not found: {path}")
     d = read_json(path / GATE_JSON, what="gate config")
+    gate_fields(d, str(path / GATE_JSON))
     if d.get("format") != GATE_FORMAT:
         raise MixloraError(f"{path / GATE_JSON}: format {d.get('format')!r} is not {GATE_FORMAT!r}")
     if int(d.get("format_version", 0)) > GATE_VERSION:
