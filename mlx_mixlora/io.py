@@ -29,6 +29,7 @@ from .validate import loads_json, regular_file
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the safetensors spec's own limit
 STALE_AFTER_S = 24 * 3600  # a temp whose owner we cannot identify is debris after a day
+LIVE_OWNER_STALE_AFTER_S = 7 * 24 * 3600  # a live pid this old was most likely reused
 _OWNED = re.compile(r"^(?:tmp|old)-(\d+)(?:-|$)")
 
 
@@ -112,7 +113,8 @@ def sweep_stale(parent: str | Path, name: str) -> list[Path]:
     """Remove `.NAME.tmp-*` / `.NAME.old-*` left by killed runs in `parent` (`name` may be a glob).
 
     Only our own temp names are looked at, and only those whose writer is gone
-    (the pid in the name no longer runs) or, without a pid, older than a day.
+    (the pid in the name no longer runs, or it is a week old: that pid was
+    reused) or, for names without a pid, older than a day.
     """
     parent = Path(parent)
     removed = []
@@ -125,7 +127,11 @@ def sweep_stale(parent: str | Path, name: str) -> list[Path]:
             age = now - p.lstat().st_mtime
         except OSError:
             continue
-        if (m and not _owner_alive(int(m.group(1)))) or age > STALE_AFTER_S:
+        if m:
+            stale = not _owner_alive(int(m.group(1))) or age > LIVE_OWNER_STALE_AFTER_S
+        else:
+            stale = age > STALE_AFTER_S
+        if stale:
             _remove(p)
             removed.append(p)
     return removed

@@ -196,6 +196,7 @@ def _debris(parent, name, live_pid):
         parent / f".{name}.tmp-{DEAD_PID}-ab12cd",  # a killed run's temp output (a dir)
         parent / f".{name}.old-{DEAD_PID}",  # a killed --overwrite's moved-aside old output
         parent / f".{name}.tmp-xy7z9q01",  # an old-style name (no pid), two days old
+        parent / f".{name}.tmp-{live_pid}-reused",  # a running pid, but 8 days old: pid reused
     ]
     kept = [
         parent / f".{name}.tmp-{live_pid}-ef34gh",  # a live writer's temp
@@ -208,8 +209,9 @@ def _debris(parent, name, live_pid):
         (p / "model.safetensors").write_bytes(b"x" * 1000)
     for p in swept[2:] + kept[1:]:
         p.write_bytes(b"y")
-    old = time.time() - 2 * 86400
-    os.utime(swept[2], (old, old))
+    for p, days in ((swept[2], 2), (swept[3], 8)):
+        old = time.time() - days * 86400
+        os.utime(p, (old, old))
     return swept, kept
 
 

@@ -69,18 +69,12 @@ def merge(
     as_json,
 ) -> None:
     """Merge ADAPTER directories with --method into OUT (an adapter, or a model with --into-base)."""
-    from pathlib import Path
 
     from ..adapter_format import load_adapter
-    from ..errors import MixloraError
     from ..io import check_output
     from ..merge import merge_adapters, merge_into_base
     from ..merge.methods import DENSE
 
-    if Path(out).exists() and not overwrite:
-        raise MixloraError(
-            f"output path {out} already exists (choose another path or pass --overwrite)"
-        )
     check_output(out, overwrite, *adapters, into_base)
     loaded = [load_adapter(a) for a in adapters]
     dense_into_base = into_base is not None and method in DENSE and rank is None
