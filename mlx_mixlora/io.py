@@ -244,7 +244,7 @@ def _tensor_entry(path: Path, key: str, info: object) -> int:
     need = SAFETENSORS_DTYPE_BYTES[dtype] * math.prod(shape)
     if stop - start != need:
         raise MixloraError(
-            f"{path}: tensor {key!r} ({dtype} {shape}) needs {need} bytes, its offsets span {stop - start}"
+            f"{path}: {key} has {stop - start} bytes, not {shape} of {dtype} ({need} bytes)"
         )
     return stop
 

@@ -360,7 +360,9 @@ def clip_example(ex: dict, max_seq_len: int) -> dict:
 
 def adapter_dims(config: Any, shapes: Mapping[str, tuple[int, ...]], source: str) -> None:
     """LoRA shapes against the base the adapter records: A [r, in] and B [out, r] must fit."""
-    sizes = _module_sizes(config.base_model or {})
+    base = config.base_model or {}
+    sizes = _module_sizes(base)
+    recorded = ", ".join(f"{k}={base.get(k)}" for k in ("hidden_size", "intermediate_size"))
     for p in config.module_paths():
         fan_in, fan_out = sizes[p.rsplit(".", 1)[1]]
         a, b = shapes.get(f"{p}.lora_a"), shapes.get(f"{p}.lora_b")
@@ -372,7 +374,7 @@ def adapter_dims(config: Any, shapes: Mapping[str, tuple[int, ...]], source: str
             if isinstance(want, int) and got is not None and got != want:
                 raise MixloraError(
                     f"{source}: {key} has shape {list(shape)}, but the base it records has {side} "
-                    f"size {want} (a damaged adapter, or one made for a different base)"
+                    f"size {want} ({recorded}): a damaged adapter, or one made for a different base"
                 )
 
 
