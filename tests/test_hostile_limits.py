@@ -131,6 +131,7 @@ def test_recipe_values_out_of_range(tmp_path, model_dir):
         ("save_every: -1\n", "save_every"),
         ("val_every: -3\n", "val_every"),
         ("weight_decay: .nan\n", "weight_decay"),
+        ("weight_decay: -0.1\n", "weight_decay"),
         ("seed: -1\n", "seed"),
         ("layers: ''\n", "layers"),
     ]:

@@ -73,8 +73,10 @@ class TrainConfig:
             (0 <= self.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED}, got {self.seed}"),
             (str(self.layers).strip() != "", "layers must not be empty (use 'all')"),
         ]
-        for key in ("alpha", "dropout", "epochs", "lr", "min_lr", "weight_decay", "clip_grad"):
+        for key in ("alpha", "dropout", "epochs", "lr", "clip_grad"):
             number(f"training config: {key}", getattr(self, key))  # NaN/inf pass `>` checks
+        for key in ("min_lr", "weight_decay"):
+            number(f"training config: {key}", getattr(self, key), lo=0)
         for ok, msg in checks:
             if not ok:
                 raise MixloraError(f"training config: {msg}")
