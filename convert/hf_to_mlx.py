@@ -20,6 +20,7 @@ from pathlib import Path
 from ..errors import MixloraError
 from ..identity import source_fingerprint
 from ..io import PICKLE_SUFFIXES, atomic_dir, check_safetensors_header, read_json, write_json
+from ..validate import inside, model_config
 from .hub import resolve_source
 from .llama_config import normalize_llama_config
 
@@ -75,6 +76,7 @@ def _check_config(src: Path) -> dict:
     ):
         if not isinstance(config.get(key), int):
             raise MixloraError(f"{src}/config.json: missing or non-integer {key!r}")
+    model_config(config, f"{src}/config.json")
     return normalize_llama_config(config, str(src))
 
 
@@ -83,7 +85,7 @@ def _weight_files(src: Path) -> list[Path]:
     if index.is_file():
         weight_map = read_json(index, what="safetensors index").get("weight_map", {})
         names = sorted(set(weight_map.values()))
-        files = [src / n for n in names]
+        files = [inside(n, src, str(index)) for n in names]
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise MixloraError(f"{src}: shard files listed in the index are missing: {missing}")

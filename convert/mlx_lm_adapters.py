@@ -13,6 +13,7 @@ from pathlib import Path
 from ..adapter_format import TARGET_PARENT, module_path, save_adapter
 from ..errors import MixloraError
 from ..io import check_safetensors_header, read_json
+from ..validate import number
 from .peft import assemble_adapter, check_shapes_against_base
 
 _KEY = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.([a-z_]+)\.lora_([ab])$")
@@ -44,6 +45,7 @@ def import_mlx_lm(
     params = raw.get("lora_parameters")
     if not isinstance(params, dict) or not isinstance(params.get("scale"), int | float):
         raise MixloraError(f"{adapter_dir}: lora_parameters.scale is missing")
+    number(f"{adapter_dir}: lora_parameters.scale", params["scale"], lo=0, lo_open=True)
     wfile = adapter_dir / "adapters.safetensors"
     if not wfile.is_file():
         raise MixloraError(f"{adapter_dir}: missing adapters.safetensors")

@@ -25,6 +25,7 @@ from typing import Any
 from .errors import MixloraError
 from .identity import check_same_base
 from .io import atomic_dir, check_safetensors_header, read_json, write_json
+from .validate import adapter_dims, finite_tensors
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapters.safetensors"
@@ -221,7 +222,11 @@ def save_adapter(
     import mlx.core as mx
 
     check_weights(config, {k: tuple(v.shape) for k, v in weights.items()}, source=str(out_dir))
+    AdapterConfig.from_dict(
+        config.to_dict(), source=f"{out_dir}: adapter config"
+    )  # never write what we refuse to read
     arrays = {k: mx.array(v) if not isinstance(v, mx.array) else v for k, v in weights.items()}
+    finite_tensors(arrays, source=str(out_dir))
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         mx.save_safetensors(str(tmp / WEIGHTS_FILE), arrays, metadata={"format": FORMAT})
         write_json(tmp / CONFIG_FILE, config.to_dict())
@@ -244,10 +249,12 @@ def load_adapter(adapter_dir: str | Path) -> tuple[AdapterConfig, dict[str, Any]
     header = check_safetensors_header(wfile)
     shapes = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
     check_weights(config, shapes, source=str(wfile))
+    adapter_dims(config, shapes, source=str(wfile))
     try:
         weights = mx.load(str(wfile))
     except Exception as e:  # mx.load raises RuntimeError/ValueError on corrupt data
         raise MixloraError(f"{wfile} could not be read: {e}") from None
+    finite_tensors(weights, source=str(wfile))
     return config, weights
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from .errors import MixloraError
 from .io import PICKLE_SUFFIXES, check_safetensors_header, read_json
+from .validate import has_tokenizer, model_dir_files
 
 LLAMA_FAMILY = {"llama", "mistral", "qwen2", "qwen3", "gemma", "phi3"}
 
@@ -36,6 +37,7 @@ def _require_model_dir(model_dir: str | Path) -> tuple[Path, dict]:
             else ""
         )
         raise MixloraError(f"{path}: no *.safetensors weights{hint}")
+    model_dir_files(path, config, weights)
     return path, config
 
 
@@ -56,6 +58,7 @@ def load(model_dir: str | Path, lazy: bool = False) -> tuple[Any, Any]:
     from mlx_lm.utils import load_tokenizer
 
     model, _ = load_model(model_dir, lazy=lazy)
+    has_tokenizer(model_dir)
     try:
         tokenizer = load_tokenizer(Path(model_dir))
     except Exception as e:  # tokenizers raise many types; one clear line is what users need

@@ -2,7 +2,11 @@
 
 Subcommands live in their own modules and are imported only when invoked, so
 `mixlora --help` stays fast and one command's optional dependency never breaks
-another. A `MixloraError` becomes one `error: ...` line and exit code 1.
+another. A `MixloraError` becomes one `error: ...` line and exit code 1. The
+guard around every command turns anything else (a bug, or a library error we
+did not foresee) into one `error:` line too, with exit code 2; `--debug` or
+`MIXLORA_DEBUG=1` shows the traceback instead. The specific checks come first:
+the guard is the net, not the fix.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import sys
 
 import click
 
-from ..errors import MixloraError
+from ..errors import MixloraError, one_line
 from ..identity import FORCE_ENV
+from ..validate import env_flag
 
 # name -> "module:attribute" (module relative to this package)
 COMMANDS: dict[str, str] = {
@@ -32,6 +37,8 @@ COMMANDS: dict[str, str] = {
     "route": "route_cmd:route",
 }
 
+DEBUG_ENV = "MIXLORA_DEBUG"
+
 
 class LazyGroup(click.Group):
     """A click group that imports each subcommand's module on first use."""
@@ -47,14 +54,45 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
 
     def invoke(self, ctx: click.Context):
+        debug = ctx.params.get("debug") or env_flag(DEBUG_ENV)
         try:
             return super().invoke(ctx)
         except MixloraError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(1)
+            if debug:
+                raise
+            _fail(one_line(e), 1)
+        except click.UsageError as e:  # a bad option value: one line, not click's usage block
+            _fail(one_line(e.format_message()), e.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except RecursionError:
+            if debug:
+                raise
+            _fail(
+                "input nested too deeply (recursion limit) (run with --debug for the traceback)", 2
+            )
+        except Exception as e:
+            if debug:
+                raise
+            _fail(
+                f"{type(e).__name__}: {one_line(e)} (unexpected; run with --debug for the traceback)",
+                2,
+            )
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--debug",
+    is_flag=True,
+    help=f"Show the full traceback of an unexpected error (or set {DEBUG_ENV}=1).",
+)
 @click.version_option(package_name="mlx-mixlora")
 @click.option(
     "--force",
@@ -62,7 +100,7 @@ class LazyGroup(click.Group):
     help="UNSAFE: use adapters on a base other than the one they were trained on "
     f"(warn instead of refusing; same as {FORCE_ENV}=1). On another model their outputs are meaningless.",
 )
-def main(force: bool) -> None:
+def main(debug: bool, force: bool) -> None:
     """mlx-mixlora: train, merge, route and export LoRA adapters on MLX."""
     if force:  # read by identity.check_same_base, wherever a command checks an adapter's base
         os.environ[FORCE_ENV] = "1"

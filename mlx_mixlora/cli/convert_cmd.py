@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..convert.hf_to_mlx import DTYPES
+from ..validate import COUNT
 
 
 @click.command()
@@ -21,7 +22,7 @@ from ..convert.hf_to_mlx import DTYPES
 )
 @click.option("--quantize", is_flag=True, help="Quantize linear layers (QLoRA base).")
 @click.option("--q-bits", default=4, show_default=True, type=int)
-@click.option("--q-group-size", default=64, show_default=True, type=int)
+@click.option("--q-group-size", default=64, show_default=True, type=COUNT)
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 def convert(src, dst, dtype, quantize, q_bits, q_group_size, revision, overwrite) -> None:
@@ -33,7 +34,9 @@ def convert(src, dst, dtype, quantize, q_bits, q_group_size, revision, overwrite
     """
     from ..convert import ConvertOptions, convert_hf_to_mlx
     from ..convert.hf_to_mlx import describe
+    from ..io import check_output
 
+    check_output(dst, overwrite, src)
     opts = ConvertOptions(
         dtype=dtype,
         quantize=quantize,

@@ -22,7 +22,9 @@ def export() -> None:
 def export_peft_cmd(adapter_dir, out, base_model_id, overwrite) -> None:
     """Write ADAPTER_DIR as adapter_model.safetensors + adapter_config.json for PeftModel.from_pretrained."""
     from ..convert.peft import export_peft
+    from ..io import check_output
 
+    check_output(out, overwrite, adapter_dir)
     click.echo(
         f"wrote {export_peft(adapter_dir, out, base_model_id=base_model_id, overwrite=overwrite)}"
     )
@@ -49,7 +51,9 @@ def export_hf_cmd(model_dir, adapter_dir, merged, out, overwrite) -> None:
     """Write a full Transformers checkpoint of MODEL_DIR with an adapter fused in."""
     from ..convert.to_hf import export_hf
     from ..errors import MixloraError
+    from ..io import check_output
 
+    check_output(out, overwrite, model_dir, adapter_dir, merged)
     if adapter_dir and merged:
         raise MixloraError("give either --adapter or --merged, not both")
     src = merged or model_dir

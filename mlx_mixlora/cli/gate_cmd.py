@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..validate import COUNT, FRACTION, NON_NEGATIVE_INT, POSITIVE, SEED
+
 
 class GreedyCommand(click.Command):
     """Lets `--adapters A B C` take several values (rewritten to repeated options)."""
@@ -57,10 +59,13 @@ def gate() -> None:
     help="Task prompts: the template plus each task's train phrasings, or the template only.",
 )
 @click.option(
-    "--n-per-task", type=int, default=200, show_default=True, help="Training prompts per task."
+    "--n-per-task", type=COUNT, default=200, show_default=True, help="Training prompts per task."
 )
 @click.option(
-    "--layer", type=int, default=None, help="Embedding layer L [lowest adapted layer, at most n/2]."
+    "--layer",
+    type=NON_NEGATIVE_INT,
+    default=None,
+    help="Embedding layer L [lowest adapted layer, at most n/2].",
 )
 @click.option(
     "--pool",
@@ -68,22 +73,22 @@ def gate() -> None:
     default=None,
     help="Pool layer-L states over the prompt by their mean or take the last token's [mean].",
 )
-@click.option("--hidden", type=int, default=64, show_default=True, help="Gate MLP width.")
-@click.option("--steps", type=int, default=300, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True)
+@click.option("--hidden", type=COUNT, default=64, show_default=True, help="Gate MLP width.")
+@click.option("--steps", type=COUNT, default=300, show_default=True)
+@click.option("--lr", type=POSITIVE, default=3e-3, show_default=True)
 @click.option(
     "--mode", type=click.Choice(["top1", "topk", "threshold"]), default="top1", show_default=True
 )
-@click.option("--top-k", type=int, default=2, show_default=True)
-@click.option("--threshold", type=float, default=0.5, show_default=True)
+@click.option("--top-k", type=COUNT, default=2, show_default=True)
+@click.option("--threshold", type=FRACTION, default=0.5, show_default=True)
 @click.option(
     "--n-eval",
-    type=int,
+    type=NON_NEGATIVE_INT,
     default=100,
     show_default=True,
     help="Held-out prompts per task (0: skip).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def train(
     model_dir,
@@ -117,6 +122,7 @@ def train(
     import mlx_mixlora  # noqa: F401
 
     from ..errors import MixloraError
+    from ..io import check_output
     from ..route import (
         adapter_tasks,
         build_gate,
@@ -131,6 +137,9 @@ def train(
     from ..route.session import load_setup
     from ..route.user_data import is_routing_data, read_routing_rows, split_rows
 
+    check_output(out, overwrite, model_dir, *adapters)
+    inputs = [model_dir, *adapters] + ([data] if Path(data).exists() else [])
+    check_output(out, overwrite, *inputs)
     if Path(out).exists() and not overwrite:
         raise MixloraError(
             f"output path {out} already exists (choose another path or pass --overwrite)"

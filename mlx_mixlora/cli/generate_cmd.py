@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..validate import COUNT, FRACTION, NON_NEGATIVE, SEED, texts
 from .gate_cmd import GreedyCommand
 
 
@@ -35,16 +36,20 @@ from .gate_cmd import GreedyCommand
     default=None,
     help="Routing mode [the gate's, else top1; uniform: all].",
 )
-@click.option("--top-k", type=int, default=None)
-@click.option("--threshold", type=float, default=None)
-@click.option("--max-tokens", type=int, default=64, show_default=True)
+@click.option("--top-k", type=COUNT, default=None)
+@click.option("--threshold", type=FRACTION, default=None)
+@click.option("--max-tokens", type=COUNT, default=64, show_default=True)
 @click.option(
-    "--temp", type=float, default=0.0, show_default=True, help="Sampling temperature (0: greedy)."
+    "--temp",
+    type=NON_NEGATIVE,
+    default=0.0,
+    show_default=True,
+    help="Sampling temperature (0: greedy).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--batch-size",
-    type=int,
+    type=COUNT,
     default=8,
     show_default=True,
     help="Batch mode: prompts per mixed-adapter batch (1: one prompt at a time, fused).",
@@ -77,7 +82,7 @@ def generate(
     import mlx_mixlora  # noqa: F401
 
     from ..errors import MixloraError
-    from ..io import atomic_file
+    from ..io import atomic_file, check_output
     from ..route import generate_many, generate_routed
     from ..route.session import load_setup, make_router
     from ..tasks import read_table
@@ -90,6 +95,8 @@ def generate(
         raise MixloraError(
             f"output path {out} already exists (choose another path or pass --overwrite)"
         )
+    if out:
+        check_output(out, overwrite, jsonl, model_dir, gate_dir, *adapters, kind="file")
     if max_tokens < 1:
         raise MixloraError("--max-tokens must be >= 1")
     if batch_size < 1:
@@ -109,6 +116,7 @@ def generate(
             raise MixloraError(
                 f"{jsonl}: line {bad[0] if bad else 1} has no non-empty 'prompt' string"
             )
+    texts([prompt] if jsonl is None else rows, jsonl or "--prompt")
     s = load_setup(model_dir, adapters)
     r = make_router(kind, s, gate_dir)
     cfg = getattr(r, "config", None)

@@ -7,22 +7,23 @@ import json
 import click
 
 from ..merge.methods import METHODS
+from ..validate import COUNT, FINITE, FRACTION, NON_NEGATIVE_INT, SEED
 
 
 @click.command()
 @click.argument("adapters", nargs=-1, required=True, type=click.Path())
 @click.option("--method", "-m", required=True, type=click.Choice(METHODS), help="Merge method.")
 @click.option("--weights", help="Comma-separated weight per adapter (default 1 each).")
-@click.option("--lam", type=float, default=1.0, show_default=True, help="task_arithmetic's λ.")
-@click.option("--density", type=float, help="TIES/prune: fraction of entries kept per weight.")
-@click.option("--drop", type=float, help="DARE: drop probability p (PEFT's density is 1-p).")
+@click.option("--lam", type=FINITE, default=1.0, show_default=True, help="task_arithmetic's λ.")
+@click.option("--density", type=FRACTION, help="TIES/prune: fraction of entries kept per weight.")
+@click.option("--drop", type=FRACTION, help="DARE: drop probability p (PEFT's density is 1-p).")
 @click.option(
     "--layer-ranges", help="NAME:FIRST-LAST,... per adapter (name, task or position), or 'even'."
 )
 @click.option("--layer-weights", help="Per-layer weight vectors: FIRST-LAST=w1,w2,...;...")
-@click.option("--rank", type=int, help="Compress the result to this rank (SVD).")
+@click.option("--rank", type=COUNT, help="Compress the result to this rank (SVD).")
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="DARE and randomized-SVD seed."
+    "--seed", type=SEED, default=0, show_default=True, help="DARE and randomized-SVD seed."
 )
 @click.option(
     "--majority-sign",
@@ -31,8 +32,12 @@ from ..merge.methods import METHODS
     show_default=True,
     help="TIES sign election.",
 )
-@click.option("--oversample", type=int, default=16, show_default=True, help="Randomized SVD.")
-@click.option("--power-iters", type=int, default=3, show_default=True, help="Randomized SVD.")
+@click.option(
+    "--oversample", type=NON_NEGATIVE_INT, default=16, show_default=True, help="Randomized SVD."
+)
+@click.option(
+    "--power-iters", type=NON_NEGATIVE_INT, default=3, show_default=True, help="Randomized SVD."
+)
 @click.option("--name", help="Name recorded in the merged adapter's config.")
 @click.option("-o", "--out", "out", required=True, type=click.Path(), help="Output directory.")
 @click.option(
@@ -64,17 +69,13 @@ def merge(
     as_json,
 ) -> None:
     """Merge ADAPTER directories with --method into OUT (an adapter, or a model with --into-base)."""
-    from pathlib import Path
 
     from ..adapter_format import load_adapter
-    from ..errors import MixloraError
+    from ..io import check_output
     from ..merge import merge_adapters, merge_into_base
     from ..merge.methods import DENSE
 
-    if Path(out).exists() and not overwrite:
-        raise MixloraError(
-            f"output path {out} already exists (choose another path or pass --overwrite)"
-        )
+    check_output(out, overwrite, *adapters, into_base)
     loaded = [load_adapter(a) for a in adapters]
     dense_into_base = into_base is not None and method in DENSE and rank is None
     res = merge_adapters(

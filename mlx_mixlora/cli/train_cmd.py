@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..validate import COUNT, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, SEED
+
 
 @click.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(), help="MLX model directory.")
@@ -20,26 +22,29 @@ import click
 @click.option(
     "--config", "recipe", type=click.Path(), default=None, help="YAML recipe of training options."
 )
-@click.option("--rank", type=int, default=None, help="LoRA rank r [8].")
-@click.option("--alpha", type=float, default=None, help="LoRA alpha; scale alpha/r [16].")
+@click.option("--rank", type=COUNT, default=None, help="LoRA rank r [8].")
+@click.option("--alpha", type=POSITIVE, default=None, help="LoRA alpha; scale alpha/r [16].")
 @click.option("--rslora/--no-rslora", "use_rslora", default=None, help="Scale alpha/sqrt(r).")
-@click.option("--dropout", type=float, default=None, help="LoRA dropout [0].")
+@click.option("--dropout", type=FRACTION, default=None, help="LoRA dropout [0].")
 @click.option(
     "--targets", default=None, help="Comma list of modules [q_proj,k_proj,v_proj,o_proj]."
 )
 @click.option("--layers", default=None, help="all, 0-7, 0,3,5 or last:4 [all].")
-@click.option("--iters", type=int, default=None, help="Optimizer steps (overrides --epochs).")
-@click.option("--epochs", type=float, default=None, help="Passes over the data [1].")
-@click.option("--batch-size", type=int, default=None, help="Rows per batch [4].")
-@click.option("--grad-accum", type=int, default=None, help="Batches per optimizer step [1].")
+@click.option("--iters", type=COUNT, default=None, help="Optimizer steps (overrides --epochs).")
+@click.option("--epochs", type=POSITIVE, default=None, help="Passes over the data [1].")
+@click.option("--batch-size", type=COUNT, default=None, help="Rows per batch [4].")
+@click.option("--grad-accum", type=COUNT, default=None, help="Batches per optimizer step [1].")
 @click.option("--max-seq-len", type=int, default=None, help="Max tokens per example / row [512].")
-@click.option("--lr", type=float, default=None, help="Peak learning rate [2e-4].")
+@click.option("--lr", type=POSITIVE, default=None, help="Peak learning rate [2e-4].")
 @click.option(
-    "--warmup", type=int, default=None, help="Linear warmup steps before cosine decay [0]."
+    "--warmup",
+    type=NON_NEGATIVE_INT,
+    default=None,
+    help="Linear warmup steps before cosine decay [0].",
 )
-@click.option("--weight-decay", type=float, default=None, help="AdamW weight decay [0].")
-@click.option("--clip-grad", type=float, default=None, help="Max gradient norm [1.0].")
-@click.option("--seed", type=int, default=None, help="Seed for init, data order and dropout [0].")
+@click.option("--weight-decay", type=NON_NEGATIVE, default=None, help="AdamW weight decay [0].")
+@click.option("--clip-grad", type=POSITIVE, default=None, help="Max gradient norm [1.0].")
+@click.option("--seed", type=SEED, default=None, help="Seed for init, data order and dropout [0].")
 @click.option("--mask-prompt/--no-mask-prompt", default=None, help="Loss on completions only [on].")
 @click.option(
     "--pack/--no-pack",
@@ -58,8 +63,12 @@ import click
     default=None,
     help="Recompute activations in backward.",
 )
-@click.option("--val-every", type=int, default=None, help="Validate every N steps [end only].")
-@click.option("--save-every", type=int, default=None, help="Checkpoint every N steps [never].")
+@click.option(
+    "--val-every", type=NON_NEGATIVE_INT, default=None, help="Validate every N steps [end only]."
+)
+@click.option(
+    "--save-every", type=NON_NEGATIVE_INT, default=None, help="Checkpoint every N steps [never]."
+)
 @click.option("--name", default=None, help="Adapter name recorded in its config.")
 @click.option("--task", default=None, help="Task name recorded in its config.")
 @click.option(
@@ -69,8 +78,10 @@ import click
 @click.option("--quiet", is_flag=True, help="No progress bar or log lines.")
 def train(model_dir, data, out_dir, val_data, recipe, resume, overwrite, quiet, **flags) -> None:
     """Train a LoRA adapter on MODEL with DATA and write it to OUT."""
+    from ..io import check_output
     from ..train import TrainConfig, load_recipe, train_adapter
 
+    check_output(out_dir, overwrite, model_dir, data, val_data, recipe)
     options = load_recipe(recipe) if recipe else {}
     options.update({k: v for k, v in flags.items() if v is not None})
     cfg = TrainConfig.from_dict(options, source="options")

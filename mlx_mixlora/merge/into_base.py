@@ -19,6 +19,7 @@ from ..clone import clone_or_copy
 from ..errors import MixloraError
 from ..identity import check_same_base
 from ..io import atomic_dir, check_safetensors_header, write_json
+from ..validate import finite_tensors
 
 Update = Any  # mx.array ΔW [out, in]  or  (B [out, r], A [r, in])
 
@@ -186,6 +187,7 @@ def _patch_shard(src: Path, header: dict, dst: Path, updates: dict[str, Update])
     with open(src, "rb") as f:
         data_start = 8 + struct.unpack("<Q", f.read(8))[0]
     mx.eval(list(updates.values()))  # lazy deltas computed once, not once per tile
+    finite_tensors(updates, source="merged update")
     pool: list[mx.array] = []
     pending: tuple[int, mx.array] | None = None
     with open(src, "rb", buffering=0) as fin, open(dst, "r+b", buffering=0) as fout:

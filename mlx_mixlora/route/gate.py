@@ -25,6 +25,7 @@ from mlx.utils import tree_flatten
 
 from ..errors import MixloraError
 from ..io import atomic_dir, check_safetensors_header, read_json, write_json
+from ..validate import finite_tensors, gate_fields
 from .adapters import Adapter
 from .embed import POOLS
 
@@ -119,6 +120,7 @@ def save_gate(
 ) -> Path:
     """Write gate.safetensors + gate.json atomically."""
     arrays = dict(tree_flatten(gate.parameters()))
+    finite_tensors(arrays, source=f"gate for {out_dir}")
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         mx.save_safetensors(str(tmp / GATE_WEIGHTS), arrays, metadata={"format": GATE_FORMAT})
         write_json(tmp / GATE_JSON, asdict(config))
@@ -131,6 +133,7 @@ def load_gate(gate_dir: str | Path) -> tuple[GateMLP, GateConfig]:
     if not path.is_dir():
         raise MixloraError(f"gate directory not found: {path}")
     d = read_json(path / GATE_JSON, what="gate config")
+    gate_fields(d, str(path / GATE_JSON))
     if d.get("format") != GATE_FORMAT:
         raise MixloraError(f"{path / GATE_JSON}: format {d.get('format')!r} is not {GATE_FORMAT!r}")
     if int(d.get("format_version", 0)) > GATE_VERSION:
@@ -155,7 +158,9 @@ def load_gate(gate_dir: str | Path) -> tuple[GateMLP, GateConfig]:
     check_safetensors_header(wfile)
     gate = GateMLP(config.hidden_size, config.gate_hidden, config.n_adapters)
     try:
-        gate.load_weights(list(mx.load(str(wfile)).items()), strict=True)
+        gate.load_weights(
+            list(finite_tensors(mx.load(str(wfile)), str(wfile)).items()), strict=True
+        )
     except (ValueError, RuntimeError) as e:
         raise MixloraError(f"{wfile} does not match {GATE_JSON}: {e}") from None
     return gate, config

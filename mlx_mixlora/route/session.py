@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MixloraError
+from ..validate import same_base
 from .adapters import Adapter, load_adapters
 
 
@@ -53,7 +54,7 @@ def make_router(
             )
         from . import load_gate_router
 
-        return load_gate_router(gate_dir, setup.adapters)
+        return same_base(load_gate_router(gate_dir, setup.adapters), setup.base, gate_dir)
     if kind == "arrow":
         return routers.ArrowRouter(setup.adapters)
     if kind == "centroid":

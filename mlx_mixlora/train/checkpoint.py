@@ -18,7 +18,8 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ..errors import MixloraError
-from ..io import atomic_dir, check_safetensors_header, read_json, write_json
+from ..io import atomic_dir, check_safetensors_header, read_json, sweep_stale, write_json
+from ..validate import checkpoint_step, finite_tensors
 from .data import Tokenized
 
 STATE_FILE = "state.json"
@@ -49,6 +50,7 @@ def save(
 ) -> Path:
     """Write `step_XXXXXXX/` atomically, then prune to the newest `keep`."""
     dst = Path(ckpt_dir) / f"step_{step:07d}"
+    sweep_stale(ckpt_dir, "step_*")  # temp dirs of checkpoints a killed run was writing
     with atomic_dir(dst, overwrite=True) as tmp:
         mx.save_safetensors(str(tmp / "adapters.safetensors"), lora)
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer_state)))
@@ -70,9 +72,16 @@ def latest(ckpt_dir: str | Path) -> Path | None:
     return steps[-1] if steps else None
 
 
-def load(path: Path, config: dict, fingerprint: str) -> tuple[int, dict, dict, dict]:
-    """(step, lora weights, optimizer state tree, info); refuses a mismatched run."""
+def load(
+    path: Path, config: dict, fingerprint: str, total: int | None = None
+) -> tuple[int, dict, dict, dict]:
+    """(step, lora weights, optimizer state tree, info); refuses a mismatched or tampered run."""
     info = read_json(path / STATE_FILE, what="checkpoint state")
+    checkpoint_step(info.get("step"), path, total)
+    if not isinstance(info.get("config", {}), dict) or not isinstance(
+        info.get("history", []), list
+    ):
+        raise MixloraError(f"{path / STATE_FILE}: malformed checkpoint state")
     saved = {k: v for k, v in info.get("config", {}).items() if k not in RESUME_NEUTRAL}
     now = {k: v for k, v in config.items() if k not in RESUME_NEUTRAL}
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
@@ -88,6 +97,6 @@ def load(path: Path, config: dict, fingerprint: str) -> tuple[int, dict, dict, d
     for name in ("adapters", "optimizer"):
         f = path / f"{name}.safetensors"
         check_safetensors_header(f)
-        arrays[name] = mx.load(str(f))
+        arrays[name] = finite_tensors(mx.load(str(f)), str(f))
     opt = tree_unflatten(list(arrays["optimizer"].items()))
     return int(info["step"]), arrays["adapters"], opt, info

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..adapter_format import ATTENTION_TARGETS, TARGET_PARENT
 from ..errors import MixloraError
+from ..validate import MAX_SEED, field_types, number
 from .data import LONG_POLICIES
 
 
@@ -67,7 +68,15 @@ class TrainConfig:
             (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
             (0 <= self.streams <= 8, f"streams must be in 0..8, got {self.streams}"),
             (bool(self.targets), "targets must not be empty"),
+            (0 <= self.save_every, f"save_every must be >= 0, got {self.save_every}"),
+            (0 <= self.val_every, f"val_every must be >= 0, got {self.val_every}"),
+            (0 <= self.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED}, got {self.seed}"),
+            (str(self.layers).strip() != "", "layers must not be empty (use 'all')"),
         ]
+        for key in ("alpha", "dropout", "epochs", "lr", "clip_grad"):
+            number(f"training config: {key}", getattr(self, key))  # NaN/inf pass `>` checks
+        for key in ("min_lr", "weight_decay"):
+            number(f"training config: {key}", getattr(self, key), lo=0)
         for ok, msg in checks:
             if not ok:
                 raise MixloraError(f"training config: {msg}")
@@ -90,6 +99,7 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise MixloraError(f"{source}: unknown keys {unknown}; known: {sorted(known)}")
+        field_types(cls, d, source)
         try:
             return cls(**d).validate()
         except TypeError as e:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MixloraError
+from ..validate import clip_example, loads_json, texts
 
 LONG_POLICIES = ("truncate", "skip")
 
@@ -60,7 +61,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = loads_json(line, f"{path}:{i}")
             except json.JSONDecodeError as e:
                 raise MixloraError(f"{path}:{i}: not valid JSON ({e.msg})") from None
             if not isinstance(obj, dict):
@@ -90,6 +91,7 @@ def load_examples(data: str | Path | list[dict]) -> list[dict]:
 
 
 def _check_example(ex: dict, where: str) -> None:
+    texts([ex], where)
     if "messages" in ex:
         msgs = ex["messages"]
         if not isinstance(msgs, list) or not msgs:
@@ -185,7 +187,7 @@ def prepare(
     stats = DataStats(examples=len(examples))
     out = []
     for ex in examples:
-        t = tokenize_example(ex, tokenizer, mask_prompt)
+        t = tokenize_example(clip_example(ex, max_seq_len), tokenizer, mask_prompt)
         if len(t.ids) < 2:
             stats.skipped += 1
             continue

@@ -28,6 +28,7 @@ from mlx.utils import tree_map
 from ..adapter_format import AdapterConfig, save_adapter
 from ..errors import MixloraError
 from ..lora import adapter_weights, attach_lora, detach_lora, model_identity, n_layers, parse_layers
+from ..validate import rank_fits
 from . import checkpoint, distributed
 from .batching import Batch, batches_per_epoch, epoch_rows, iterate_rows, make_batch
 from .config import TrainConfig
@@ -181,6 +182,7 @@ def train_adapter(
         base = base or model_identity(model)
         owned = False
 
+    rank_fits(cfg.rank, cfg.targets, base)
     items, stats = prepare(
         load_examples(data), tokenizer, cfg.max_seq_len, cfg.mask_prompt, cfg.long_policy
     )
@@ -248,7 +250,7 @@ def _run(plan: _Plan, resume: bool) -> TrainResult:
         last = checkpoint.latest(ckpt_dir) if ckpt_dir else None
         if last is None:
             raise MixloraError(f"--resume: no checkpoint found in {ckpt_dir}")
-        start, lora, opt_state, info = checkpoint.load(last, cfg.to_dict(), plan.fingerprint)
+        start, lora, opt_state, info = checkpoint.load(last, cfg.to_dict(), plan.fingerprint, total)
         model.update(_nest(lora))
         optimizer.state = opt_state
         history = list(info.get("history", []))
