@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "gate": "gate_cmd:gate",
     "generate": "generate_cmd:generate",
     "route": "route_cmd:route",
+    "serve": "serve_cmd:serve",
 }
 
 
