@@ -19,9 +19,8 @@ job's `emit` callback receives (route, text, done, error).
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -275,27 +274,3 @@ def _send(job: Job, event: dict) -> None:
         job.emit(event)
     except RuntimeError:  # the request's event loop is gone (server shut down)
         job.cancel()
-
-
-def run_jobs(engine: Engine, jobs: Sequence[Job], timeout: float = 60.0) -> None:
-    """Submit jobs and wait until each has a done/error event (for scripts and tests)."""
-    left = {id(j) for j in jobs}
-    lock = threading.Condition()
-    for j in jobs:
-        inner = j.emit
-
-        def emit(ev, j=j, inner=inner):
-            inner(ev)
-            if ev["type"] in ("done", "error"):
-                with lock:
-                    left.discard(id(j))
-                    lock.notify_all()
-
-        j.emit = emit
-        engine.submit(j)
-    end = time.monotonic() + timeout
-    with lock:
-        while left and time.monotonic() < end:
-            lock.wait(end - time.monotonic())
-    if left:
-        raise MixloraError(f"{len(left)} jobs did not finish within {timeout} s")
