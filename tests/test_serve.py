@@ -221,7 +221,7 @@ BAD_BODIES = [
     (json.dumps({"model": "ad0", "prompt": "x", "stop": ["a"] * 5}).encode(), 400, "stop"),
     (json.dumps({"model": "ad0", "prompt": "x", "seed": 1.5}).encode(), 400, "seed"),
     (json.dumps({"model": "ad0", "prompt": "x", "stream": "yes"}).encode(), 400, "stream"),
-    (json.dumps({"model": "ad0", "prompt": "x" * 300}).encode(), 413, "messages"),
+    (json.dumps({"model": "ad0", "prompt": "x" * 300}).encode(), 413, "prompt"),
 ]
 
 

@@ -73,15 +73,15 @@ class Service:
             out = out["input_ids"]
         return [int(t) for t in out]
 
-    def job(self, p: Params, tokens: list[int], emit) -> Job:
+    def job(self, p: Params, tokens: list[int], emit, param: str) -> Job:
         if not tokens:
-            raise ApiError(400, "the prompt encodes to no tokens", "prompt")
+            raise ApiError(400, "the prompt encodes to no tokens", param)
         room = self.context - len(tokens)
         if room < 1:
             raise ApiError(
                 413,
                 f"the prompt has {len(tokens)} tokens; the context holds {self.context}",
-                "messages",
+                param,
             )
         max_tokens = min(p.max_tokens or self.default_max_tokens, room)
         sampler = RowSampler(p.temperature, p.top_p, p.seed)
@@ -123,7 +123,7 @@ def create_app(service: Service) -> Starlette:
         def emit(ev: dict) -> None:
             loop.call_soon_threadsafe(events.put_nowait, ev)
 
-        job = service.job(p, tokens, emit)
+        job = service.job(p, tokens, emit, "messages" if chat else "prompt")
         service.engine.submit(job)
         shape = _Shape(p.model, chat)
         if p.stream:
@@ -137,7 +137,7 @@ def create_app(service: Service) -> Starlette:
             while done is None:
                 try:
                     ev = await asyncio.wait_for(events.get(), service.poll_s)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # noqa: UP041 (not TimeoutError before 3.11)
                     if await request.is_disconnected():
                         return Response(status_code=499)
                     continue

@@ -29,6 +29,7 @@ import mlx.nn as nn
 from mlx_lm.models.cache import BatchKVCache
 
 from ..errors import MixloraError
+from ..route.embed import num_layers, run_lower, run_upper
 from ..route.mixed import attach_mixed, set_routes
 from ..route.routers import decide
 from .protocol import ApiError
@@ -178,7 +179,7 @@ class Engine:
         batch = mx.array([[0] * p + j.tokens for p, j in zip(pad, jobs, strict=True)])
         cache = [BatchKVCache(pad) for _ in self.model.layers]
         set_routes(self.model, [j.adapter for j in jobs])
-        logits = self.model(batch, cache=cache)[:, -1, :]
+        logits = last_logits(self.model, batch, cache)
         tokens = sample_rows(logits, [j.sampler for j in jobs])
         if self._cache is None:
             self._cache = cache
@@ -262,6 +263,14 @@ class Engine:
         idx = mx.array(keep)
         for c in self._cache:
             c.filter(idx)
+
+
+def last_logits(model: Any, tokens: mx.array, cache: list) -> mx.array:
+    """Logits [B, V] at the last position only: the LM head over every prompt position
+    would be most of a prefill's work on CPU (vocab × hidden per token)."""
+    n = num_layers(model)
+    h = run_lower(model, tokens, n, cache)
+    return run_upper(model, h[:, -1:, :], n)[:, 0, :]
 
 
 def _router_arrays(router: Any) -> list:
