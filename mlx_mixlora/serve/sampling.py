@@ -38,10 +38,18 @@ class RowSampler:
 
 
 def sample_rows(logits: mx.array, samplers: list[RowSampler]) -> list[int]:
-    """Token ids for logits [B, V], row b drawn by samplers[b]."""
-    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-    tokens = mx.argmax(logprobs, axis=-1)
-    drawn = [(b, s.draw(logprobs[b])) for b, s in enumerate(samplers) if not s.greedy]
+    """Token ids for logits [B, V], row b drawn by samplers[b].
+
+    Greedy rows need no softmax (the argmax of the logits is the argmax of the
+    log-probs), and MLX's CPU exp is slow, so log-probs are made only for the
+    rows that sample.
+    """
+    tokens = mx.argmax(logits, axis=-1)
+    drawn = []
+    for b, s in enumerate(samplers):
+        if not s.greedy:
+            row = logits[b]
+            drawn.append((b, s.draw(row - mx.logsumexp(row, keepdims=True))))
     if drawn:
         rows = mx.array([b for b, _ in drawn])
         tokens[rows] = mx.stack([t for _, t in drawn]).astype(tokens.dtype)
