@@ -3,7 +3,8 @@
 Model: TinyLlama-shaped with random weights (hidden 2048, 32 / 4 heads, intermediate
 5632, vocab 32000) and `--layers` decoder layers, fp32; four random rank-8 q/k/v/o
 adapters on every layer (`bench.spec`); a word-level tokenizer with 32000 words.
-Both servers run as their own processes on 127.0.0.1 (ephemeral ports). mlx-lm's
+Both servers run as their own processes on 127.0.0.1 (ephemeral ports), side by side,
+and the scenarios alternate between them. mlx-lm's
 server gets the same OpenBLAS preload and GEMV shim as ours (it is started through
 `import mlx_mixlora`), and the adapters in mlx-lm's format (the same factors).
 
@@ -258,41 +259,43 @@ def load_table(a, model: Path, ours: list[Path], theirs: list[Path]) -> list[dic
         return make
 
     names = [p.name for p in ours]
-    rows = []
-    proc, port = start(ours_cmd(model, ours, 0, max(a.clients)), r"at http://127\.0\.0\.1:(\d+)/v1")
-    try:
-        for n in a.clients:
-            for load, pick in (
-                ("mixed", lambda i, j: names[(i + j) % ADAPTERS]),
-                ("single", lambda i, j: names[0]),
-            ):
-                r = run_load(port, n, a.requests, body(pick, None), a.scenario_timeout)
-                rows.append({"server": "mixlora serve", "load": load, **r})
-                print(json.dumps(rows[-1]), flush=True)
-    finally:
-        stop(proc)
+    scenarios = {  # server -> load -> (model name, adapters field) per (client, request)
+        "mixlora serve": {
+            "mixed": body(lambda i, j: names[(i + j) % ADAPTERS], None),
+            "single": body(lambda i, j: names[0], None),
+        },
+        "mlx_lm.server (per-request adapters)": {
+            "mixed": body(
+                lambda i, j: "default_model", lambda i, j: str(theirs[(i + j) % ADAPTERS])
+            ),
+            "single": body(lambda i, j: "default_model", lambda i, j: str(theirs[0])),
+        },
+    }
     if a.no_mlx_lm:
-        return rows
-    port = free_port()
-    proc = subprocess.Popen(mlx_lm_cmd(model, port), stderr=subprocess.DEVNULL)
+        scenarios.pop("mlx_lm.server (per-request adapters)")
+    # both servers run side by side (an idle one uses no CPU) and the scenarios alternate
+    # between them, so a change in the shared machine's load hits both alike
+    procs, ports = [], {}
     try:
-        wait_http(port)
+        proc, ports["mixlora serve"] = start(
+            ours_cmd(model, ours, 0, max(a.clients)), r"at http://127\.0\.0\.1:(\d+)/v1"
+        )
+        procs.append(proc)
+        if not a.no_mlx_lm:
+            port = free_port()
+            procs.append(subprocess.Popen(mlx_lm_cmd(model, port), stderr=subprocess.DEVNULL))
+            wait_http(port)
+            ports["mlx_lm.server (per-request adapters)"] = port
+        rows = []
         for n in a.clients:
-            for load, pick in (
-                ("mixed", lambda i, j: str(theirs[(i + j) % ADAPTERS])),
-                ("single", lambda i, j: str(theirs[0])),
-            ):
-                r = run_load(
-                    port,
-                    n,
-                    a.requests,
-                    body(lambda i, j: "default_model", pick),
-                    a.scenario_timeout,
-                )
-                rows.append({"server": "mlx_lm.server (per-request adapters)", "load": load, **r})
-                print(json.dumps(rows[-1]), flush=True)
+            for load in ("mixed", "single"):
+                for server, loads in scenarios.items():
+                    r = run_load(ports[server], n, a.requests, loads[load], a.scenario_timeout)
+                    rows.append({"server": server, "load": load, **r})
+                    print(json.dumps(rows[-1]), flush=True)
     finally:
-        stop(proc)
+        for proc in procs:
+            stop(proc)
     return rows
 
 

@@ -112,9 +112,7 @@ class Engine:
             if any(j.cancelled for j in self._pending):
                 self._pending = deque(j for j in self._pending if not j.cancelled)
             if len(self._pending) >= self.max_queue + max(0, self.max_batch - len(self._rows)):
-                raise ApiError(
-                    503, f"the queue is full ({self.max_queue} waiting); retry later", kind=""
-                )
+                raise ApiError(503, f"the queue is full ({self.max_queue} waiting); retry later")
             self._pending.append(job)
             self._cv.notify()
 
