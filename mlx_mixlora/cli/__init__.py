@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "gate": "gate_cmd:gate",
     "generate": "generate_cmd:generate",
     "route": "route_cmd:route",
+    "serve": "serve_cmd:serve",
 }
 
 DEBUG_ENV = "MIXLORA_DEBUG"
