@@ -34,7 +34,9 @@ NANO_TRAIN = {
     "rank": 8,
     "alpha": 16,
     "targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "iters": 240,  # 2 passes; 120 steps at lr 2e-3 left seed-dependent misses (0.79-0.86)
+    # 4 passes: varied prompts need more than the template's 240 steps (classification
+    # 0.94 at 240, 0.99 at 480 on template prompts; 120 steps at 2e-3 were seed-dependent)
+    "iters": 480,
     "batch_size": 32,
     "lr": 1.0e-3,
     "warmup": 10,

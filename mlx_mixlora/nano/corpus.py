@@ -1,8 +1,8 @@
 """The nano base's pretraining corpus, drawn from the synthetic train split.
 
 Most documents are plain texts (snippets, passages, questions, articles,
-reviews). For the label tasks a share are the prompt followed by a *random*
-label, drawn uniformly and independent of the content. The base so learns the
+reviews). For the label tasks a share are the prompt (in the template or a
+train phrasing) followed by a *random* label, drawn uniformly and independent of the content. The base so learns the
 answer format and the label words (whose output embeddings an attention-only
 LoRA cannot create from nothing) but not the mapping from content to label: it
 scores at chance until an adapter teaches it the task. Summaries get no such
@@ -19,13 +19,22 @@ import random
 
 from ..tasks import BUILTIN_TASKS, Task
 from ..tasks import synthetic as S
+from ..tasks.phrasing import TEMPLATE_SHARE
 from ..tasks.sources import synthetic_rows
 from ..tasks.synthetic import unlabeled_texts
 
 
 def shuffled_answer_doc(task: Task, row: dict, rng: random.Random) -> str:
-    """A label task's prompt with a uniformly drawn label: no information about the row."""
-    return f"{task.prompt(row)} {rng.choice(task.label_names)}"
+    """A label task's prompt with a uniformly drawn label: no information about the row.
+
+    The prompt is in the template or one of the task's train phrasings (as in the
+    `varied` prompt style), so the base has seen every trained wording end in a
+    label; held-out phrasings never appear in the corpus.
+    """
+    phrasing = None
+    if task.phrasings and rng.random() >= TEMPLATE_SHARE:
+        phrasing = rng.choice(task.phrasings)
+    return f"{task.prompt(row, phrasing)} {rng.choice(task.label_names)}"
 
 
 def copy_words() -> list[str]:
@@ -82,9 +91,10 @@ def pretraining_docs(
 
 
 def tokenizer_texts(docs: list[str]) -> list[str]:
-    """Corpus plus the task templates and label words, so prompts tokenize compactly."""
+    """Corpus plus the task templates, train phrasings and label words, so prompts tokenize compactly."""
     extra = []
     for t in BUILTIN_TASKS:
-        extra.append(t.template.format(**{f: "" for f in t.fields}))
+        for text in (t.template, *t.phrasings):
+            extra.append(text.format(**{f: "" for f in t.fields}))
         extra.extend(" " + name for name in t.label_names)
     return docs + extra * 50

@@ -16,7 +16,7 @@ from ..cache import cache_root
 from ..tasks.synthetic import GENERATOR_VERSION
 
 # Bump when the build code (tokenizer, corpus mix, training loop) changes the weights.
-BUILD_VERSION = 2
+BUILD_VERSION = 3  # 3: format documents also in the tasks' train phrasings
 
 
 @dataclass(frozen=True)
