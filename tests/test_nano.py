@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import string
 
 import pytest
 
@@ -51,6 +53,15 @@ def test_cache_dir_resolution(tmp_path, monkeypatch):
     assert a.name.startswith("nano-") and a != b  # any recipe change is a new cache entry
 
 
+def _wording(text: str, labels: str) -> re.Pattern:
+    """Matches a document made of `text` (fields: any text) followed by one label."""
+    parts = [
+        re.escape(lit) + ("(.+)" if field is not None else "")
+        for lit, field, _, _ in string.Formatter().parse(text)
+    ]
+    return re.compile("".join(parts) + f" ({labels})", re.S)
+
+
 def test_corpus_answers_carry_no_information():
     """Prompt-formatted docs have answers independent of content: agreement at chance."""
     from mlx_mixlora.nano.corpus import shuffled_answer_doc
@@ -58,12 +69,17 @@ def test_corpus_answers_carry_no_information():
     docs = pretraining_docs(400, seed=0, format_share=0.25)
     assert len(docs) == 1600
     for task in BUILTIN_TASKS:
-        stem = task.template.split("{")[0]
-        share = sum(d.startswith(stem) for d in docs) / 400
+        labels = "|".join(re.escape(x) for x in task.label_names) or "[^\n]+"
+        wordings = [_wording(w, labels) for w in (task.template, *task.phrasings)]
+        share = sum(any(w.fullmatch(d) for w in wordings) for d in docs) / 400
         if task.is_label_task:
             assert 0.15 < share < 0.35, (task.name, share)
+            template_share = sum(wordings[0].fullmatch(d) is not None for d in docs) / 400
+            assert 0.02 < template_share < 0.12, (task.name, template_share)
         else:  # no "Summary: <random headline>" docs: they would teach not to copy
             assert share == 0.0
+        held_out = [_wording(w, labels) for w in task.heldout_phrasings]
+        assert not any(w.fullmatch(d) for w in held_out for d in docs)  # evaluation only
     assert not any(d.startswith("News:") for d in pretraining_docs(100, 0, format_share=0.0))
     for task in [t for t in BUILTIN_TASKS if t.is_label_task]:
         rows = synthetic_rows(task, "train", 600, seed=1)
