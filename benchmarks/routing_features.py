@@ -33,6 +33,7 @@ from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import make_prompt_cache
 
 from mlx_mixlora.bench.env import machine_record
+from mlx_mixlora.bench.spec import TINYLLAMA
 from mlx_mixlora.io import write_json
 from mlx_mixlora.model import load
 from mlx_mixlora.nano import ensure_nano_base
@@ -149,19 +150,7 @@ def tinyllama_shaped():
     from mlx_lm.models import llama
 
     mx.random.seed(0)
-    model = llama.Model(
-        llama.ModelArgs(
-            model_type="llama",
-            hidden_size=2048,
-            num_hidden_layers=22,
-            intermediate_size=5632,
-            num_attention_heads=32,
-            num_key_value_heads=4,
-            rms_norm_eps=1e-5,
-            vocab_size=32000,
-            tie_word_embeddings=False,
-        )
-    )
+    model = llama.Model(llama.ModelArgs(**TINYLLAMA))
     mx.eval(model.parameters())
     return model
 

@@ -57,15 +57,18 @@ def retention_table(results: dict) -> str:
         return ""
     tasks = results["tasks"]
     lines = ["| method | " + " | ".join(tasks) + " | mean |", "|" + "---|" * (len(tasks) + 2)]
-    for name, row in ret.items():
-        vals = [row.get(t) for t in tasks]
-        mean = _mean(vals)
-        lines.append(
-            f"| {name} | "
-            + " | ".join("–" if v is None else f"{v:.2f}" for v in vals)
-            + f" | {'–' if mean is None else f'{mean:.2f}'} |"
-        )
+    lines += [_row_with_mean(name, [row.get(t) for t in tasks], ".2f") for name, row in ret.items()]
     return "\n".join(lines)
+
+
+def _row_with_mean(label: str, vals: list, fmt: str) -> str:
+    """`| label | v1 | v2 | ... | mean |` with – for missing values (left out of the mean)."""
+    mean = _mean(vals)
+    return (
+        f"| {label} | "
+        + " | ".join("–" if v is None else format(v, fmt) for v in vals)
+        + f" | {'–' if mean is None else format(mean, fmt)} |"
+    )
 
 
 def routing_table(results: dict) -> str:
@@ -158,13 +161,7 @@ def natural_summary(results: dict) -> str:
                     ],
                 )
             )
-    for label, vals in rows:
-        mean = _mean(vals)
-        lines.append(
-            f"| {label} | "
-            + " | ".join("–" if v is None else f"{v:.3f}" for v in vals)
-            + f" | {'–' if mean is None else f'{mean:.3f}'} |"
-        )
+    lines += [_row_with_mean(label, vals, ".3f") for label, vals in rows]
     return "\n".join(lines)
 
 
