@@ -116,3 +116,11 @@ def test_natural_file_errors_are_one_line(tmp_path):
     qa = next(t for t in BUILTIN_TASKS if t.name == "qa")
     with pytest.raises(MixloraError, match="answer 'maybe', not one of"):
         N.natural_examples(qa, f)
+
+
+def test_recipes_may_not_train_on_held_out_phrasings():
+    from mlx_mixlora.tasks.recipes import recipe_from_dict
+
+    assert recipe_from_dict({"name": "a", "task": "qa"}).prompts == "varied"
+    with pytest.raises(MixloraError, match="held-out phrasings are for evaluation only"):
+        recipe_from_dict({"name": "a", "task": "qa", "prompts": "heldout"})

@@ -103,6 +103,10 @@ def test_gate_train_on_a_users_own_routing_jsonl(routing_dirs, tmp_path):  # noq
     assert r.output.strip().splitlines() == [
         f"error: {bad} row 161: adapter 'summariser' is not one of the gate's adapters {names}"
     ]
+    from mlx_mixlora.route.user_data import is_routing_data
+
+    task_rows = _rows(tmp_path / "qa.jsonl", [{"passage": "p", "question": "q", "answer": True}])
+    assert is_routing_data(data, names) and not is_routing_data(task_rows, names)
     missing = _rows(tmp_path / "m.jsonl", [x for x in rows if x["adapter"] != "ad2"])
     r = CliRunner().invoke(main, [*base, "-o", str(tmp_path / "g4"), "--data", str(missing)])
     assert r.exit_code == 1 and "no prompts for adapter 'ad2'" in r.output

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ..tasks.phrasing import TRAIN_STYLES
+
 
 @click.command()
 @click.option(
@@ -43,7 +45,7 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--prompts",
-    type=click.Choice(["varied", "template"]),
+    type=click.Choice(TRAIN_STYLES),
     default="varied",
     show_default=True,
     help="Training prompts of adapters and gate: template plus train phrasings, or template only.",

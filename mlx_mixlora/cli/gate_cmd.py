@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..tasks.phrasing import TRAIN_STYLES
 from ..validate import COUNT, FRACTION, NON_NEGATIVE_INT, POSITIVE, SEED
 
 
@@ -53,7 +54,7 @@ def gate() -> None:
 )
 @click.option(
     "--prompts",
-    type=click.Choice(["varied", "template"]),
+    type=click.Choice(TRAIN_STYLES),
     default="varied",
     show_default=True,
     help="Task prompts: the template plus each task's train phrasings, or the template only.",

@@ -23,10 +23,11 @@ VALIDATION_PERCENT = 10
 
 
 def is_routing_data(path: str | Path, names: Sequence[str]) -> bool:
-    """True for a jsonl file, or a directory holding a NAME.jsonl for every adapter."""
+    """True for a jsonl file whose first row names an adapter, or a directory holding a
+    NAME.jsonl for every adapter; other paths are task data in the dataset's schema."""
     p = Path(path)
     if p.is_file():
-        return p.suffix == ".jsonl"
+        return p.suffix == ".jsonl" and "adapter" in next(iter(read_table(p)), {})
     return p.is_dir() and all((p / f"{n}.jsonl").is_file() for n in names)
 
 

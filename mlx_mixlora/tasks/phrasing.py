@@ -24,6 +24,10 @@ from ..errors import MixloraError
 from .spec import Task
 
 PROMPT_STYLES = ("template", "varied", "heldout")
+TRAIN_STYLES = (
+    "varied",
+    "template",
+)  # what training may use: held-out wordings are never trained on
 # Share of `varied` prompts that keep the template: the template is still the most
 # common way a prompt arrives from our own tools, so it stays well represented.
 TEMPLATE_SHARE = 0.25
@@ -36,6 +40,15 @@ def check_style(style: str, task: Task | None = None) -> str:
     if style == "heldout" and task is not None and not task.heldout_phrasings:
         raise MixloraError(
             f"task {task.name!r} has no held-out phrasings (add heldout_phrasings to its yaml)"
+        )
+    return style
+
+
+def check_train_style(style: str) -> str:
+    if style not in TRAIN_STYLES:
+        raise MixloraError(
+            f"training prompts must be one of {', '.join(TRAIN_STYLES)}, got {style!r} "
+            "(held-out phrasings are for evaluation only)"
         )
     return style
 

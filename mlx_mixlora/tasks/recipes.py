@@ -13,7 +13,7 @@ from typing import Any
 
 from ..adapter_format import validate_name
 from ..errors import MixloraError
-from .phrasing import check_style
+from .phrasing import check_train_style
 
 _KEYS = {"name", "task", "model", "source", "examples", "prompts", "train", "description"}
 
@@ -62,7 +62,7 @@ def recipe_from_dict(d: Any, source: str = "recipe") -> AdapterRecipe:
         model=str(d.get("model", "nano")),
         source=str(d.get("source", "synthetic")),
         examples=examples,
-        prompts=check_style(str(d.get("prompts", "varied"))),
+        prompts=check_train_style(str(d.get("prompts", "varied"))),
         train={str(k).replace("-", "_"): v for k, v in train.items()},
         description=str(d.get("description", "")),
     )
