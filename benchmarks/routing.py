@@ -89,7 +89,7 @@ def make_adapters(model: llama.Model, n: int, rank: int, layers: int) -> list[Ad
             w[f"{p}.lora_a"] = mx.array(rng.normal(0, 1 / np.sqrt(k), (rank, k)).astype(np.float32))
             w[f"{p}.lora_b"] = mx.array(rng.normal(0, 0.01, (o, rank)).astype(np.float32))
         mx.eval(w)
-        out.append(Adapter(f"a{i}", "", cfg, w, str(i)))
+        out.append(Adapter(cfg, w, f"a{i}", "", str(i)))
     return out
 
 

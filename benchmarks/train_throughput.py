@@ -17,7 +17,7 @@ every step but the first (compile / warm-up).
 Peers run as they ship, with one exception: MLX peers get the OpenBLAS preload
 (without it the Linux mlx wheel does ~4 GFLOP/s and no comparison means
 anything). Importing mlx_mixlora also raises glibc's mmap threshold (see
-`mlx_mixlora._alloc`), which speeds up any program here that frees large
+`mlx_mixlora.cpu.heap`), which speeds up any program here that frees large
 buffers; `PEER+heap` (e.g. mlx_lm+heap) runs a peer with that setting too, so
 the report shows how much of the lead is that setting.
 
@@ -198,9 +198,9 @@ def main() -> None:
                     results[w][f"cpu_efficiency_vs_{peer}"] = round(statistics.median(cpu), 3)
         load_after = os.getloadavg()
 
-    from mlx_mixlora._alloc import malloc_status
-    from mlx_mixlora._blas import blas_status
     from mlx_mixlora.bench.env import versions
+    from mlx_mixlora.cpu.blas import blas_status
+    from mlx_mixlora.cpu.heap import malloc_status
 
     report = {
         "benchmark": "train_throughput",

@@ -16,6 +16,7 @@ shape. The orientation matches PEFT's ``lora_A``/``lora_B`` so export is a renam
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -296,3 +297,75 @@ def check_against_base(
             f"{source}: adapter uses layer {max(config.layers)} but the base has {n_layers} layers"
         )
     check_same_base(mine, base, source)
+
+
+@dataclass
+class Adapter:
+    """One loaded adapter — config and factors — plus the identity a saved gate or merge records.
+
+    What merge, route, export and the trainer pass around; `factors` is the one
+    place the LoRA scale is applied to B.
+    """
+
+    config: AdapterConfig
+    weights: dict[str, Any]  # "P.lora_a" [r, in], "P.lora_b" [out, r] (mx.array)
+    name: str = ""
+    path: str = ""
+    digest: str = ""
+
+    def module_paths(self) -> list[str]:
+        return self.config.module_paths()
+
+    def factors(self, path: str, weight: float = 1.0) -> tuple[Any, Any]:
+        """(w·s·B, A) for one module, so that w·ΔW = B'·A."""
+        s = weight * self.config.scale_of(path)
+        return s * self.weights[f"{path}.lora_b"], self.weights[f"{path}.lora_a"]
+
+    @property
+    def task(self) -> str | None:
+        return self.config.task
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "path": self.path, "task": self.task, "digest": self.digest}
+
+
+def file_digest(path: str | Path) -> str:
+    """Short sha256 of a file: ties a saved gate or report to the exact weights it used."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def read_adapter(adapter_dir: str | Path, base: dict | None = None) -> Adapter:
+    """`load_adapter` as an `Adapter`; with `base` (a base identity) refuses another base's adapter."""
+    config, weights = load_adapter(adapter_dir)
+    if base:
+        check_against_base(config, weights, base, source=str(adapter_dir))
+    name = config.name or Path(adapter_dir).resolve().name
+    digest = file_digest(Path(adapter_dir) / WEIGHTS_FILE)
+    return Adapter(config, weights, name, str(adapter_dir), digest)
+
+
+def load_adapters(paths: list[str | Path], base: dict | None = None) -> list[Adapter]:
+    """Read adapter dirs, refuse ones made for another base, and refuse duplicate names."""
+    if not paths:
+        raise MixloraError("no adapters given: pass at least one adapter directory")
+    out = [read_adapter(p, base) for p in paths]
+    names = [a.name for a in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise MixloraError(f"two adapters share the name {dup[0]!r}; rename one (config 'name')")
+    return out
+
+
+def adapter_index(adapters: list[Adapter], ref: str) -> int:
+    """Index of an adapter by name, else by task."""
+    for i, a in enumerate(adapters):
+        if ref == a.name:
+            return i
+    for i, a in enumerate(adapters):
+        if ref == a.task:
+            return i
+    raise MixloraError(f"no adapter named {ref!r}; have {', '.join(a.name for a in adapters)}")

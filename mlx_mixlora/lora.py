@@ -3,8 +3,8 @@
 ``y = base(x) + s·(dropout(x)·Aᵀ)·Bᵀ`` with ``A`` [r, in] and ``B`` [out, r], the
 orientation of the adapter format (and PEFT), so saving is a flat rename.
 Init follows PEFT: A ~ kaiming-uniform(a=√5) = U(±1/√in), B = 0, so a fresh
-adapter leaves the model unchanged. ``fuse`` keeps the original weight array
-and ``unfuse`` puts it back, so restore is bit-exact (no subtraction).
+adapter leaves the model unchanged. Fusing an adapter into weights is `fuse`'s
+job (one addmm path shared by merge, routing and export).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from .adapter_format import (
     module_path,
 )
 from .errors import MixloraError
+from .modules import find_module, n_layers, set_module
 
 
 class LoRALinear(nn.Module):
@@ -47,55 +48,18 @@ class LoRALinear(nn.Module):
         bound = 1.0 / math.sqrt(in_dims)
         self.lora_a = mx.random.uniform(-bound, bound, (rank, in_dims), dtype=mx.float32)
         self.lora_b = mx.zeros((out_dims, rank), dtype=mx.float32)
-        self._fused = False
 
     @property
     def rank(self) -> int:
         return int(self.lora_a.shape[0])
 
-    @property
-    def fused(self) -> bool:
-        return self._fused
-
     def __call__(self, x: mx.array) -> mx.array:
         y = self.base(x)
-        if self._fused:
-            return y
         if self.training and self.dropout > 0:
             keep = mx.random.bernoulli(1.0 - self.dropout, x.shape)
             x = mx.where(keep, x / (1.0 - self.dropout), mx.zeros_like(x))
         z = (x.astype(self.lora_a.dtype) @ self.lora_a.T) @ self.lora_b.T
         return y + (self.scale * z).astype(y.dtype)
-
-    def delta(self) -> mx.array:
-        """ΔW = s·B·A, [out, in], in fp32."""
-        return self.scale * (self.lora_b @ self.lora_a)
-
-    def fuse(self) -> None:
-        """W ← W + s·B·A in the base dtype; the original array is kept for `unfuse`.
-
-        Refused for QuantizedLinear: adding ΔW would need a requantization that
-        loses the base's exact values, so QLoRA adapters stay unfused.
-        """
-        if self._fused:
-            return
-        if isinstance(self.base, nn.QuantizedLinear):
-            raise MixloraError(
-                "cannot fuse a LoRA into a quantized base without requantizing it; "
-                "keep the adapter unfused or use an fp16/fp32 base"
-            )
-        w = self.base.weight
-        self._orig_weight = w
-        self.base.weight = (w.astype(mx.float32) + self.delta()).astype(w.dtype)
-        self._fused = True
-
-    def unfuse(self) -> None:
-        """Put back the exact base weight saved by `fuse`."""
-        if not self._fused:
-            return
-        self.base.weight = self._orig_weight
-        del self["_orig_weight"]
-        self._fused = False
 
 
 def _base_shape(base: nn.Module) -> tuple[int, int]:
@@ -149,36 +113,6 @@ def parse_layers(spec: str | int | list[int], n_layers: int) -> list[int]:
     return sorted(set(layers))
 
 
-def _get(model: nn.Module, path: str) -> Any:
-    obj: Any = model
-    for part in path.split("."):
-        if isinstance(obj, list):
-            obj = obj[int(part)] if part.isdigit() and int(part) < len(obj) else None
-        elif isinstance(obj, dict):
-            obj = obj.get(part)
-        else:
-            obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
-
-
-def _set(model: nn.Module, path: str, value: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    parent = _get(model, parent_path)
-    setattr(parent, name, value)
-
-
-def n_layers(model: nn.Module) -> int:
-    """Number of decoder layers of an mlx-lm model."""
-    layers = getattr(model, "layers", None)
-    if layers is None:
-        layers = _get(model, "model.layers")
-    if not isinstance(layers, list):
-        raise MixloraError("model has no decoder layers at model.layers")
-    return len(layers)
-
-
 def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
     """Every LoRALinear in `model`, keyed by its module path."""
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
@@ -208,7 +142,7 @@ def attach_lora(
     paths = config.module_paths()
     bases = {}
     for p in paths:
-        base = _get(model, p)
+        base = find_module(model, p)
         if not isinstance(base, (nn.Linear, nn.QuantizedLinear)):
             found = "nothing" if base is None else type(base).__name__
             raise MixloraError(f"target {p} matches {found} in this model, not a Linear layer")
@@ -229,7 +163,7 @@ def attach_lora(
                 )
             layer.lora_a = mx.array(a).astype(mx.float32)
             layer.lora_b = mx.array(b).astype(mx.float32)
-        _set(model, p, layer)
+        set_module(model, p, layer)
     model.freeze()
     for m in lora_modules(model).values():
         m.unfreeze(keys=["lora_a", "lora_b"], recurse=False)
@@ -246,23 +180,11 @@ def adapter_weights(model: nn.Module) -> dict[str, mx.array]:
 
 
 def detach_lora(model: nn.Module) -> list[str]:
-    """Replace every LoRALinear by its original base module (unfused, bit-identical)."""
+    """Replace every LoRALinear by its original base module (bit-identical)."""
     mods = lora_modules(model)
     for p, m in mods.items():
-        m.unfuse()
-        _set(model, p, m.base)
+        set_module(model, p, m.base)
     return list(mods)
-
-
-def fuse_lora(model: nn.Module) -> None:
-    """Fuse every attached LoRA into its base weight (exactly reversible by `unfuse_lora`)."""
-    for m in lora_modules(model).values():
-        m.fuse()
-
-
-def unfuse_lora(model: nn.Module) -> None:
-    for m in lora_modules(model).values():
-        m.unfuse()
 
 
 def model_identity(model: nn.Module) -> dict:
@@ -300,10 +222,9 @@ __all__ = [
     "adapter_weights",
     "attach_lora",
     "detach_lora",
-    "fuse_lora",
     "load_adapter_into",
     "lora_modules",
     "module_path",
+    "n_layers",
     "parse_layers",
-    "unfuse_lora",
 ]

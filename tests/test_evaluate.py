@@ -8,7 +8,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_mixlora.evaluate import (
+from mlx_mixlora.scoring import (
     Method,
     adapter_method,
     base_method,

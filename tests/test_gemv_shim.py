@@ -11,8 +11,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_mixlora._blas import blas_status
-from mlx_mixlora._gemv_shim import build, gemv_calls, shim_status
+from mlx_mixlora.cpu.blas import blas_status
+from mlx_mixlora.cpu.gemv_shim import build, gemv_calls, shim_status
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the shim sits between MLX and OpenBLAS on Linux"
@@ -98,7 +98,7 @@ def test_real_matrix_products_are_left_to_sgemm():
 
 def _status_in_subprocess(**env) -> str:
     code = (
-        "import mlx_mixlora, mlx.core as mx; from mlx_mixlora._gemv_shim import shim_status;"
+        "import mlx_mixlora, mlx.core as mx; from mlx_mixlora.cpu.gemv_shim import shim_status;"
         "x = mx.ones((1, 8)) @ mx.ones((8, 3)); print(shim_status()['reason'], x.sum().item())"
     )
     out = subprocess.run(

@@ -1,4 +1,4 @@
-"""Our LoRA layers: math, fuse/restore, freezing, attach/detach and layer parsing."""
+"""Our LoRA layers: math, fusing through `fuse` and restoring, freezing, attach/detach and layer parsing."""
 
 from __future__ import annotations
 
@@ -17,17 +17,16 @@ from mlx.utils import tree_flatten
 
 from mlx_mixlora.adapter_format import AdapterConfig, save_adapter
 from mlx_mixlora.errors import MixloraError
+from mlx_mixlora.fuse import fuse_deltas, restore
 from mlx_mixlora.lora import (
     LoRALinear,
     adapter_weights,
     attach_lora,
     detach_lora,
-    fuse_lora,
     load_adapter_into,
     lora_modules,
     model_identity,
     parse_layers,
-    unfuse_lora,
 )
 
 
@@ -82,13 +81,17 @@ def test_fuse_matches_unfused_and_restore_is_bit_exact():
     _randomize_b(model)
     x = mx.array([[1, 5, 9, 3, 7, 2]])
     unfused = model(x)
-    fuse_lora(model)
+    mods = lora_modules(model)
+    q = mods["model.layers.0.self_attn.q_proj"]
+    q_delta = np.array(q.scale * (q.lora_b @ q.lora_a))
+    handle = fuse_deltas(model, {p: (m.scale * m.lora_b, m.lora_a) for p, m in mods.items()})
+    for m in mods.values():
+        m.lora_b = mx.zeros_like(m.lora_b)  # the LoRA path adds nothing now: only the fused W
     fused = model(x)
     assert mx.allclose(unfused, fused, atol=1e-4).item()
-    q = lora_modules(model)["model.layers.0.self_attn.q_proj"]
     w0 = before["model.layers.0.self_attn.q_proj.weight"]
-    assert np.allclose(np.array(q.base.weight), w0 + np.array(q.delta()), atol=1e-6)
-    unfuse_lora(model)
+    assert np.allclose(np.array(q.base.weight), w0 + q_delta, atol=1e-6)
+    restore(model, handle)
     detach_lora(model)
     after = {k: np.array(v) for k, v in tree_flatten(model.parameters())}
     assert before.keys() == after.keys()
@@ -103,8 +106,8 @@ def test_fuse_refused_for_quantized_base():
     assert layer.lora_a.shape == (4, 64) and layer.lora_b.shape == (32, 4)
     x = mx.random.normal((2, 64))
     assert mx.array_equal(layer(x), q(x)).item()
-    with pytest.raises(MixloraError, match="quantized"):
-        layer.fuse()
+    with pytest.raises(MixloraError, match="unquantized"):
+        fuse_deltas(layer, {"base": (layer.lora_b, layer.lora_a)})
 
 
 def test_only_lora_parameters_get_gradients():

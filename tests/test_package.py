@@ -30,7 +30,7 @@ def _python(code: str, **env) -> subprocess.CompletedProcess:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OpenBLAS preload is Linux-only")
 def test_openblas_is_preloaded_before_mlx():
     out = _python(
-        "import mlx_mixlora, mlx.core; from mlx_mixlora._blas import blas_status; print(blas_status()['loaded'])"
+        "import mlx_mixlora, mlx.core; from mlx_mixlora.cpu.blas import blas_status; print(blas_status()['loaded'])"
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
@@ -149,7 +149,7 @@ def test_scripts_import_mlx_mixlora_before_mlx():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc heap tuning is Linux-only")
 def test_heap_tuning_is_on_by_default_and_can_be_switched_off():
-    code = "import mlx_mixlora; from mlx_mixlora._alloc import malloc_status; print(malloc_status()['tuned'])"
+    code = "import mlx_mixlora; from mlx_mixlora.cpu.heap import malloc_status; print(malloc_status()['tuned'])"
     assert _python(code).stdout.strip() == "True"
     assert _python(code, MIXLORA_NO_MALLOC_TUNING="1").stdout.strip() == "False"
 
@@ -158,7 +158,7 @@ AMD_ZEN5 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 fma avx512f avx512dq 
 
 
 def test_openblas_core_choice_from_cpuinfo():
-    from mlx_mixlora._blas import coretype_for
+    from mlx_mixlora.cpu.blas import coretype_for
 
     assert coretype_for(AMD_ZEN5) == "SkylakeX"
     assert coretype_for(AMD_ZEN5.replace(" avx512bw", "")) is None  # Zen 3 and older: no AVX-512
@@ -170,7 +170,7 @@ def test_openblas_core_choice_from_cpuinfo():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OpenBLAS preload is Linux-only")
 def test_a_named_openblas_core_type_is_respected_and_ours_is_not_left_in_the_environment():
     code = (
-        "import os, mlx_mixlora; from mlx_mixlora._blas import blas_status; s = blas_status(); "
+        "import os, mlx_mixlora; from mlx_mixlora.cpu.blas import blas_status; s = blas_status(); "
         "print(s['core'], s['core_chosen_by'], os.environ.get('OPENBLAS_CORETYPE'), sep='|')"
     )
     named = _python(code, OPENBLAS_CORETYPE="Haswell").stdout.strip().split("|")
@@ -179,7 +179,7 @@ def test_a_named_openblas_core_type_is_respected_and_ours_is_not_left_in_the_env
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     core, chosen_by, left = out.stdout.strip().split("|")
     assert left == "None"
-    from mlx_mixlora._blas import _read_cpuinfo, coretype_for
+    from mlx_mixlora.cpu.blas import _read_cpuinfo, coretype_for
 
     if coretype_for(_read_cpuinfo()):
         assert (core, chosen_by) == ("SkylakeX", "mlx_mixlora (AMD CPU with AVX-512)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlx_mixlora.report import (
+from mlx_mixlora.demo.report import (
     natural_summary,
     retention_table,
     routing_accuracy_table,

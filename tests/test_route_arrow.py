@@ -37,7 +37,7 @@ def _planted(model, direction: np.ndarray, i: int) -> Adapter:
         a = np.stack([5 * direction, 0.1 * rng.normal(size=direction.shape)])
         w[f"{p}.lora_a"] = mx.array(a.astype(np.float32))
         w[f"{p}.lora_b"] = mx.array(rng.normal(size=(out_dims, 2)).astype(np.float32))
-    return Adapter(f"a{i}", "", cfg, w, str(i))
+    return Adapter(cfg, w, f"a{i}", "", str(i))
 
 
 def test_arrow_routes_to_adapter_aligned_with_prompt_inputs():

@@ -6,6 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from helpers_route import params, save_model_dir, save_random_adapters, tiny_model
+from mlx_mixlora.modules import linear_at
 
 import mlx_mixlora  # noqa: F401
 from mlx_mixlora.lora import attach_lora, detach_lora
@@ -17,7 +18,6 @@ from mlx_mixlora.route import (
     generate_routed,
     load_adapters,
 )
-from mlx_mixlora.route.modules import linear_at
 from mlx_mixlora.route.routers import FeatureRouter
 
 
@@ -173,7 +173,7 @@ def test_switcher_writes_into_the_previous_buffers(method):
             w[f"{p}.lora_a"] = mx.random.normal((4, k))
             w[f"{p}.lora_b"] = 0.01 * mx.random.normal((o, 4))
         mx.eval(w)
-        ads.append(Adapter(f"s{i}", "", cfg, w, str(i)))
+        ads.append(Adapter(cfg, w, f"s{i}", "", str(i)))
     adapted = sum(_weight(model, p).nbytes for p in ads[0].module_paths())
     # stream: MLX keeps ~16 chunks in flight, so keep them small here
     sw = AdapterSwitcher(model, ads, chunk_bytes=32 * 1024, method=method)

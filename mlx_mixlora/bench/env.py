@@ -75,7 +75,7 @@ def command_line() -> str:
 
 def machine_record(gemm: bool = True) -> dict:
     """Where and how a benchmark ran; `gemm` adds a measured fp32 GEMM rate on MLX's device."""
-    from .. import system
+    from ..cpu import system
 
     rec = {
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -121,7 +121,7 @@ def decode_tps(model, prompt: mx.array, n: int) -> float:
 
 
 def _device() -> str:
-    from ..system import device_name
+    from ..cpu.system import device_name
 
     return device_name()
 

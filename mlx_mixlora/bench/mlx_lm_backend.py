@@ -116,7 +116,7 @@ def train_mlx_lm(
 
 
 def run(workload: str, spec: BenchSpec, enabled: set[str]) -> list[dict]:
-    from ..system import device_name
+    from ..cpu.system import device_name
 
     s = spec.sizes
     common = {"device": device_name(), "dtype": spec.dtype}

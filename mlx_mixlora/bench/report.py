@@ -155,7 +155,7 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict, path: Path) -> Path:
     """Horizontal bars: ours ÷ peer per (workload, case, peer), a line at 1."""
-    from ..plots import _pyplot, _save
+    from ..demo.plots import _pyplot, _save
 
     plt = _pyplot()
     rat = result["ratios"]

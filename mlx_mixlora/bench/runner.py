@@ -55,7 +55,7 @@ def run_worker(
     if module == "torch":
         env["MIXLORA_NO_OPENBLAS"] = "1"  # torch brings its own BLAS; keep ours out of its process
     if module != "mlx":
-        env["MIXLORA_NO_MALLOC_TUNING"] = "1"  # peers run as they ship (see mlx_mixlora._alloc)
+        env["MIXLORA_NO_MALLOC_TUNING"] = "1"  # peers run as they ship (see mlx_mixlora.cpu.heap)
     cmd = [sys.executable, "-m", "mlx_mixlora.bench.worker", module, workload, str(spec_path),
            str(out), ",".join(labels)]  # fmt: skip
     try:

@@ -96,7 +96,7 @@ def demo(
         progress=not quiet,
     )
     results = run_demo(cfg)
-    from ..report import score_table
+    from ..demo.report import score_table
 
     click.echo(score_table(results))
     click.echo(f"\nwrote {out_dir}/report.md, results.json ({results['timings_s']['total']} s)")

@@ -12,7 +12,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def doctor(size: int, as_json: bool) -> None:
     """Print MLX version, device, BLAS in use and measured fp32 GEMM GFLOP/s."""
-    from ..system import system_report
+    from ..cpu.system import system_report
 
     report = system_report(gemm_size=size)
     if as_json:

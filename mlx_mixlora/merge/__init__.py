@@ -49,7 +49,8 @@ weights with one `mx.addmm` each in memory (`fuse_deltas`), and one per 2 MiB ro
 tile when writing a model dir (`merge_into_base`: reads, addmms and writes overlap).
 """
 
-from .into_base import fuse_deltas, merge_into_base, restore
+from ..fuse import fuse_deltas, restore
+from .into_base import merge_into_base
 from .layers import even_split, parse_layer_ranges, parse_layer_weights, parse_weights
 from .methods import METHODS, MergeResult, check_compatible, merge_adapters
 

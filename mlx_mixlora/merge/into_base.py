@@ -1,88 +1,23 @@
-"""Add merged deltas into base weights: in memory (reversible) or as a new model directory.
+"""Write merged deltas into a copy of the base model directory, tile by tile.
 
-A factor pair (B, A) is fused with one `mx.addmm(W, B, A)` per weight — the
-concatenated, pre-scaled factors of a product-space merge, so no per-adapter
-ΔW is ever formed; a dense ΔW is simply added. Arithmetic is fp32; the result
-is cast back to the weight's dtype.
+The arithmetic is `fuse.fused_weight` (one addmm per tile of rows); this
+module adds the file side: clone the base, patch only the fused tensors' bytes.
 """
 
 from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import Any
 
 import mlx.core as mx
 import numpy as np
 
 from ..clone import clone_or_copy
 from ..errors import MixloraError
+from ..fuse import Update, check_update_shape, fused_weight
 from ..identity import check_same_base
 from ..io import atomic_dir, check_safetensors_header, write_json
 from ..validate import finite_tensors
-
-Update = Any  # mx.array ΔW [out, in]  or  (B [out, r], A [r, in])
-
-
-def _shape(upd: Update) -> tuple[int, ...]:
-    return (upd[0].shape[0], upd[1].shape[1]) if isinstance(upd, tuple) else tuple(upd.shape)
-
-
-def _check_shape(shape: tuple[int, ...], upd: Update, path: str) -> None:
-    if tuple(shape) != _shape(upd):
-        raise MixloraError(
-            f"{path}: base weight is {list(shape)} but the delta is {list(_shape(upd))}"
-        )
-
-
-def _fused(w: mx.array, upd: Update) -> mx.array:
-    """W + B·A (one addmm) or W + ΔW, computed in fp32 and cast back to W's dtype."""
-    w32 = w.astype(mx.float32)
-    if isinstance(upd, tuple):
-        new = mx.addmm(w32, upd[0].astype(mx.float32), upd[1].astype(mx.float32))
-    else:
-        new = w32 + upd.astype(mx.float32)
-    return new.astype(w.dtype)
-
-
-def _module(model: Any, path: str) -> Any:
-    mod = model
-    for part in path.split("."):
-        if part.isdigit():
-            mod = mod[int(part)] if isinstance(mod, list) and int(part) < len(mod) else None
-        else:
-            mod = getattr(mod, part, None)
-        if mod is None:
-            raise MixloraError(f"the model has no module {path}")
-    if not isinstance(getattr(mod, "weight", None), mx.array) and "base" in mod:
-        mod = mod.base  # a LoRA wrapper (mlx_mixlora.lora.LoRALinear): fuse into its base
-    if "scales" in mod or not isinstance(getattr(mod, "weight", None), mx.array):
-        raise MixloraError(f"{path} is not a plain (unquantized) Linear; cannot fuse into it")
-    return mod
-
-
-def fuse_deltas(model: Any, deltas: dict[str, Update]) -> dict[str, mx.array]:
-    """Add each ΔW (or B·A) into `model`'s Linear weights in place; returns a restore handle.
-
-    The handle holds the original weight arrays themselves (MLX arrays are
-    immutable), so `restore` puts back bit-identical weights.
-    """
-    mods = {p: _module(model, p) for p in deltas}  # validate every path before changing any
-    handle: dict[str, mx.array] = {}
-    for p, upd in deltas.items():
-        _check_shape(mods[p].weight.shape, upd, p)
-    new = {p: _fused(mods[p].weight, upd) for p, upd in deltas.items()}
-    mx.eval(new)
-    for p, w in new.items():
-        handle[p] = mods[p].weight
-        mods[p].weight = w
-    return handle
-
-
-def restore(model: Any, handle: dict[str, mx.array]) -> None:
-    """Undo `fuse_deltas`: put the exact original arrays back."""
-    for p, w in handle.items():
-        _module(model, p).weight = w
 
 
 def merge_into_base(
@@ -167,7 +102,7 @@ def _check_fusable(shard: Path, key: str, info: dict, upd: Update) -> None:
         raise MixloraError(f"{shard}: {key} has dtype {dtype}; cannot fuse into it")
     if not isinstance(shape, list) or len(shape) != 2:
         raise MixloraError(f"{shard}: {key} has shape {shape}; only 2-D Linear weights fuse")
-    _check_shape(tuple(shape), upd, key[: -len(".weight")])
+    check_update_shape(tuple(shape), upd, key[: -len(".weight")])
     start, stop = info["data_offsets"]
     if stop - start != shape[0] * shape[1] * _FUSABLE[dtype][0].size:
         raise MixloraError(f"{shard}: {key} has {stop - start} bytes, not {shape} of {dtype}")
@@ -200,7 +135,7 @@ def _patch_shard(src: Path, header: dict, dst: Path, updates: dict[str, Update])
                 _read_into(fin, buf, offset)
                 tile = buf if compute == storage else buf.view(compute)
                 del buf  # only the graph holds the tile now, so addmm may update it in place
-                new = _fused(tile, _rows(updates[key], r0, r1))
+                new = fused_weight(tile, _rows(updates[key], r0, r1))
                 del tile
                 new = new if new.dtype == storage else new.view(storage)
                 mx.async_eval(new)

@@ -53,7 +53,7 @@ chosen adapter sits at layers >= L (see `embed.RoutedPrefill`). Arrow: see
 `routers`/`arrow`.
 """
 
-from .adapters import Adapter, adapter_index, load_adapters
+from ..adapter_format import Adapter, adapter_index, load_adapters
 from .arrow import arrow_prototypes, top_right_singular
 from .build import build_centroid, build_gate, training_features
 from .embed import (

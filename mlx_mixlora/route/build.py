@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .adapters import Adapter
+from ..adapter_format import Adapter
 from .embed import prompt_features
 from .evaluate import adapter_tasks, labelled_prompts
 from .gate import GateConfig, train_gate

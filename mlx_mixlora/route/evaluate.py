@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from ..adapter_format import Adapter
 from ..errors import MixloraError
 from ..io import atomic_file
-from .adapters import Adapter
 from .routers import decide, encode_prompts
 
 

@@ -1,7 +1,7 @@
 """Single-prompt execution: fuse the routed adapter(s) into the base, generate, restore.
 
 The chosen adapters become one factor pair per module, B' = [w₁s₁B₁ | w₂s₂B₂ …]
-and A' = [A₁; A₂; …], fused with the merging package's `fuse_deltas` (one
+and A' = [A₁; A₂; …], fused with `fuse.fuse_deltas` (one
 `addmm` per weight). Decoding then runs at base speed with mlx-lm's KV cache and
 sampler, and `restore` puts the original weight arrays back, bit for bit.
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 import mlx.core as mx
 
-from ..merge import fuse_deltas, restore
-from .adapters import Adapter
+from ..adapter_format import Adapter
+from ..fuse import fuse_deltas, restore
 from .embed import RoutedPrefill
 from .routers import Decision, FeatureRouter, decide
 

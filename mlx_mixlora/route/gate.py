@@ -23,10 +23,10 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
 
+from ..adapter_format import Adapter
 from ..errors import MixloraError
 from ..io import atomic_dir, check_safetensors_header, read_json, write_json
 from ..validate import finite_tensors, gate_fields
-from .adapters import Adapter
 from .embed import POOLS
 
 GATE_FORMAT = "mlx-mixlora/gate"

@@ -21,9 +21,9 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from ..adapter_format import Adapter
 from ..errors import MixloraError
-from .adapters import Adapter
-from .modules import get_module, linear_at, set_module
+from ..modules import get_module, linear_at, set_module
 
 
 def default_backend() -> str:

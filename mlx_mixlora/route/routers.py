@@ -28,12 +28,12 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from ..adapter_format import Adapter
 from ..errors import MixloraError
-from .adapters import Adapter
+from ..modules import linear_at, set_module
 from .arrow import arrow_prototypes
 from .embed import check_layer, check_pool, prompt_features
 from .gate import GateConfig, GateMLP
-from .modules import linear_at, set_module
 
 DECISION_MODES = ("top1", "topk", "threshold", "all")
 DEFAULT_POOL = "mean"

@@ -1,6 +1,6 @@
 """Task scores under routing: route each prompt, then score each routed group fused.
 
-Plugs into `mlx_mixlora.evaluate.score_task`: prompts that got the same decision
+Plugs into `mlx_mixlora.scoring.score_task`: prompts that got the same decision
 are scored together with that decision fused into the base, and the groups'
 means are combined by count (exact for accuracy and mean ROUGE-L; macro-F1
 is not a mean, so it is left out of routed results).
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .adapters import Adapter
+from ..adapter_format import Adapter
 from .fused import fused
 from .routers import decide, encode_prompts
 from .switch import AdapterSwitcher
@@ -38,7 +38,7 @@ def score_routed(
     `label` (the index of the task's own adapter) adds the routing accuracy
     (except in mode ``all``, which routes nowhere) and lets the oracle router work.
     """
-    from ..evaluate import score_task
+    from ..scoring import score_task
 
     toks = encode_prompts(tokenizer, [e["prompt"] for e in examples])
     labels: Sequence[int] | None = [label] * len(examples) if label is not None else None

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..adapter_format import Adapter, load_adapters
 from ..errors import MixloraError
 from ..validate import same_base
-from .adapters import Adapter, load_adapters
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Adapter switching that reuses the previous fused weights' buffers.
 
-`merge.fuse_deltas` computes ``addmm(W, B', A')`` per weight into a freshly
+`fuse.fuse_deltas` computes ``addmm(W, B', A')`` per weight into a freshly
 allocated output (on CPU: copy W, then the GEMM reads and writes it again; fresh
 pages also cost page faults). When the model switches from one decision to
 another, the weights fused for the old decision are garbage, so `AdapterSwitcher`
@@ -34,10 +34,11 @@ from typing import Any
 
 import mlx.core as mx
 
+from ..adapter_format import Adapter
 from ..errors import MixloraError
-from .adapters import Adapter
+from ..fuse import fused_weight
+from ..modules import linear_at
 from .fused import decision_updates
-from .modules import linear_at
 from .routers import Decision
 
 
@@ -57,9 +58,7 @@ def stream_fuse(
 def copy_fuse(w: mx.array, b: mx.array, a: mx.array, dst: mx.array | None) -> mx.array:
     """W + B·A (lazy): W copied into `dst` (donated), then one in-place GEMM update."""
     if dst is None:
-        return mx.addmm(w.astype(mx.float32), b.astype(mx.float32), a.astype(mx.float32)).astype(
-            w.dtype
-        )
+        return fused_weight(w, (b, a))
     if w.dtype != mx.float32:
         return mx.slice_update(dst, copy_fuse(w, b, a, None), mx.array([0]), axes=(0,))
     base = mx.slice_update(dst, w, mx.array([0]), axes=(0,))

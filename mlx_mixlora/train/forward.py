@@ -7,7 +7,7 @@ per-token `positions` and `segments`: attention is causal *and* within one
 segment (a block-diagonal causal mask). Without packing it is op-for-op
 mlx-lm's forward. `hidden_states` stops after the final norm so the loss can
 apply the LM head to the target rows only. On the CPU, attention's softmax and
-the MLP's SiLU come from `cpu_math` (MLX's own CPU exp is the slow part).
+the MLP's SiLU come from `cpu.fastmath` (MLX's own CPU exp is the slow part).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .. import cpu_math
+from ..cpu import fastmath
 from ..errors import MixloraError
 
 
@@ -72,8 +72,8 @@ def _attention(attn: nn.Module, x: mx.array, mask, rope) -> mx.array:
         q, k = attn.rope(q), attn.rope(k)
     else:
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    if cpu_math.use_cpu_math():
-        o = cpu_math.attention(q, k, v, attn.scale, mask)
+    if fastmath.use_cpu_math():
+        o = fastmath.attention(q, k, v, attn.scale, mask)
     else:
         o = mx.fast.scaled_dot_product_attention(q, k, v, scale=attn.scale, mask=mask)
     return attn.o_proj(o.transpose(0, 2, 1, 3).reshape(B, L, -1))
@@ -81,8 +81,8 @@ def _attention(attn: nn.Module, x: mx.array, mask, rope) -> mx.array:
 
 def _mlp(mlp: nn.Module, x: mx.array) -> mx.array:
     """mlx-lm's Llama SwiGLU MLP, with our SiLU on the CPU; other MLPs run as they are."""
-    if type(mlp).__module__ == "mlx_lm.models.llama" and cpu_math.use_cpu_math():
-        return mlp.down_proj(cpu_math.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+    if type(mlp).__module__ == "mlx_lm.models.llama" and fastmath.use_cpu_math():
+        return mlp.down_proj(fastmath.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
     return mlp(x)
 
 

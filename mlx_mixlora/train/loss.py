@@ -6,7 +6,7 @@ with the answer tokens, not the whole sequence.
 
 MLX's CPU `exp` is slow and single-threaded, so the [T, V] part is written to
 touch the logits as few times as possible: `logsumexp` keeps exp(x - max)
-(`cpu_math.exp` on the CPU) for its backward instead of recomputing it, and the
+(`fastmath.exp` on the CPU) for its backward instead of recomputing it, and the
 label logit is h·W[label] (a [T, D] gather) rather than a pick from the logits,
 whose backward would be a [T, V] scatter.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .. import cpu_math
+from ..cpu import fastmath
 from .forward import hidden_states, lm_head
 
 
@@ -24,7 +24,7 @@ from .forward import hidden_states, lm_head
 def logsumexp_keep(x: mx.array):
     """Row-wise logsumexp of [T, V]; also returns exp(x - max) and its row sums for the vjp."""
     m = mx.stop_gradient(x.max(axis=-1, keepdims=True))
-    e = (cpu_math.exp if cpu_math.use_cpu_math() else mx.exp)(x - m)
+    e = (fastmath.exp if fastmath.use_cpu_math() else mx.exp)(x - m)
     s = e.sum(axis=-1, keepdims=True)
     return (m + mx.log(s)).squeeze(-1), e, s
 

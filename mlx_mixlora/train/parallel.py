@@ -19,7 +19,7 @@ from functools import partial
 import mlx.core as mx
 import mlx.nn as nn
 
-from .._blas import OPENBLAS_SONAME, blas_status
+from ..cpu.blas import OPENBLAS_SONAME, blas_status
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ under its AVX2 "Haswell" kernels although these CPUs run the AVX-512
 2-core Zen 5 (`mixlora doctor` with and without OPENBLAS_CORETYPE=Haswell).
 So on an AMD CPU with AVX-512 we ask for SkylakeX (`OPENBLAS_CORETYPE`), unless
 the user named a core type. Matrix-vector products (decode steps) go to
-OpenBLAS's GEMV through `_gemv_shim`. This module must not import mlx.
+OpenBLAS's GEMV through `gemv_shim`. This module must not import mlx.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 import sys
 import warnings
 
-from ._gemv_shim import install as install_gemv_shim
+from .gemv_shim import install as install_gemv_shim
 
 OPENBLAS_SONAME = "libopenblas.so.0"
 INSTALL_HINT = "apt-get install libopenblas0-pthread"

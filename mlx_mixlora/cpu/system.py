@@ -8,9 +8,9 @@ from __future__ import annotations
 import platform
 import sys
 
-from ._alloc import malloc_status
-from ._blas import INSTALL_HINT, blas_status
-from ._gemv_shim import shim_status
+from .blas import INSTALL_HINT, blas_status
+from .gemv_shim import shim_status
+from .heap import malloc_status
 
 
 def blas_in_use() -> str:
@@ -31,7 +31,7 @@ def blas_in_use() -> str:
 
 
 def heap_in_use() -> str:
-    """Whether large freed buffers stay in glibc's heap (see `_alloc`)."""
+    """Whether large freed buffers stay in glibc's heap (see `heap`)."""
     status = malloc_status()
     return f"glibc, {status['reason']}" if status["tuned"] else f"default ({status['reason']})"
 
@@ -40,7 +40,7 @@ def gemm_gflops(n: int = 1024, repeats: int = 10) -> float:
     """Measured fp32 n×n×n GEMM throughput on MLX's default device, warm-up excluded."""
     import mlx.core as mx
 
-    from .bench.timing import repeat
+    from ..bench.timing import repeat
 
     a = mx.random.normal((n, n), key=mx.random.key(0))
     b = mx.random.normal((n, n), key=mx.random.key(1))
@@ -53,7 +53,7 @@ def gemv_gbs(rows: int = 5632, cols: int = 2048, repeats: int = 20) -> float:
     """Measured fp32 one-row product (a decode step's x @ W.T) in GB/s of W read, warm-up excluded."""
     import mlx.core as mx
 
-    from .bench.timing import repeat
+    from ..bench.timing import repeat
 
     w = mx.random.normal((rows, cols), key=mx.random.key(0))
     x = mx.random.normal((1, cols), key=mx.random.key(1))

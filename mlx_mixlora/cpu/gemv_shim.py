@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .cache import cache_root
+from ..cache import cache_root
 
 SOURCE = r"""
 typedef void (*gemm_t)(int, int, int, int, int, int, float, const float *, int,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .io import atomic_file
+from ..io import atomic_file
 
 
 def _pyplot():

@@ -1,4 +1,4 @@
-"""cpu_math: the fast CPU exp, softmax, SiLU and attention agree with exact math and MLX's own."""
+"""cpu.fastmath: the fast CPU exp, softmax, SiLU and attention agree with exact math and MLX's own."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlx_mixlora import cpu_math
+from mlx_mixlora.cpu import fastmath
 
 
 def _ulps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -19,14 +19,14 @@ def _ulps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_exp_is_within_one_ulp_of_float64_exp_over_the_normal_range():
     x = np.linspace(-87.3, 88.3, 400_001, dtype=np.float32)
-    got = np.array(cpu_math.exp(mx.array(x)))
+    got = np.array(fastmath.exp(mx.array(x)))
     exact = np.exp(x.astype(np.float64)).astype(np.float32)
     assert _ulps(got, exact).max() <= 1
 
 
 def test_exp_edges_underflow_overflow_and_nan():
     x = mx.array([-math.inf, -1e4, -88.0, 0.0, 1.0, 89.0, 1e4, math.inf, math.nan])
-    got = np.array(cpu_math.exp(x))
+    got = np.array(fastmath.exp(x))
     assert got[:3].tolist() == [0.0, 0.0, 0.0]
     assert got[3] == 1.0 and abs(got[4] - math.e) < 1e-6
     assert np.isposinf(got[5:8]).all() and np.isnan(got[8])
@@ -40,9 +40,9 @@ def test_exp_softmax_silu_values_and_gradients_match_mlx():
     x = mx.random.normal((6, 9, 33), key=mx.random.key(0)) * 4
     w = mx.random.normal(x.shape, key=mx.random.key(1))
     pairs = [
-        (cpu_math.exp, mx.exp, 1e-6),
-        (cpu_math.softmax, lambda z: mx.softmax(z, axis=-1), 1e-6),
-        (cpu_math.silu, nn.silu, 1e-6),
+        (fastmath.exp, mx.exp, 1e-6),
+        (fastmath.softmax, lambda z: mx.softmax(z, axis=-1), 1e-6),
+        (fastmath.silu, nn.silu, 1e-6),
     ]
     for ours, ref, tol in pairs:
         scale = mx.abs(ref(x)).max().item() + 1.0
@@ -63,7 +63,7 @@ def test_attention_matches_mlx_sdpa_with_grouped_heads(mask):
     def loss(fn):
         return lambda q, k, v: (fn(q, k, v) ** 2).sum()
 
-    ours = lambda q, k, v: cpu_math.attention(q, k, v, 0.25, mask)  # noqa: E731
+    ours = lambda q, k, v: fastmath.attention(q, k, v, 0.25, mask)  # noqa: E731
     ref = lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=mask)  # noqa: E731
     assert mx.abs(ours(q, k, v) - ref(q, k, v)).max().item() <= 1e-6
     g = mx.grad(loss(ours), argnums=(0, 1, 2))(q, k, v)
@@ -75,15 +75,15 @@ def test_attention_matches_mlx_sdpa_with_grouped_heads(mask):
 def test_attention_refuses_an_unknown_mask_name():
     q = mx.zeros((1, 2, 3, 4))
     with pytest.raises(ValueError, match="unknown attention mask"):
-        cpu_math.attention(q, q, q, 1.0, "sliding")
+        fastmath.attention(q, q, q, 1.0, "sliding")
 
 
 def test_cpu_math_is_on_for_the_cpu_and_can_be_switched_off(monkeypatch):
     before = mx.default_device()
     mx.set_default_device(mx.cpu)
     try:
-        assert cpu_math.use_cpu_math()
+        assert fastmath.use_cpu_math()
         monkeypatch.setenv("MIXLORA_CPU_MATH", "0")
-        assert not cpu_math.use_cpu_math()
+        assert not fastmath.use_cpu_math()
     finally:
         mx.set_default_device(before)

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import MixloraError
-from .evaluate import Method, adapter_method, base_method, evaluate_matrix
-from .io import atomic_dir, write_json
-from .tasks import BUILTIN_TASKS, get_task, load_examples
-from .tasks.natural import natural_examples
+from ..errors import MixloraError
+from ..io import atomic_dir, write_json
+from ..scoring import Method, adapter_method, base_method, evaluate_matrix
+from ..tasks import BUILTIN_TASKS, get_task, load_examples
+from ..tasks.natural import natural_examples
 
 # The demo's merge line-up: (label, method, options). Equal weights throughout.
 MERGES: tuple[tuple[str, str, dict], ...] = (
@@ -89,7 +89,7 @@ def _log(cfg: DemoConfig, msg: str) -> None:
 def resolve_base(model: str | None, log: Callable[[str], None], progress: bool = True) -> Path:
     """The MLX model dir: nano base (cached), a local dir, or a hub id converted into the cache."""
     if model is None or model == "nano":
-        from .nano import ensure_nano_base
+        from ..nano import ensure_nano_base
 
         return ensure_nano_base(progress=progress, log=log)
     path = Path(model)
@@ -97,8 +97,8 @@ def resolve_base(model: str | None, log: Callable[[str], None], progress: bool =
         return path
     if "/" not in model or path.exists():
         raise MixloraError(f"--model {model!r} is neither a model directory nor a hub id")
-    from .convert import convert_hf_to_mlx
-    from .nano import cache_root
+    from ..convert import convert_hf_to_mlx
+    from ..nano import cache_root
 
     dst = cache_root() / ("converted-" + model.replace("/", "--"))
     if not (dst / "config.json").is_file():
@@ -111,8 +111,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the pipeline and write report.md, results.json, plots and adapters to `cfg.out`."""
     import mlx_mixlora
 
-    from .model import base_identity, load
-    from .train import TrainConfig, train_adapter
+    from ..model import base_identity, load
+    from ..train import TrainConfig, train_adapter
 
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
@@ -125,7 +125,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     base_dir = resolve_base(cfg.model, lambda m: _log(cfg, m), progress=cfg.progress)
-    from .nano import SOURCE as NANO_SOURCE
+    from ..nano import SOURCE as NANO_SOURCE
 
     nano = base_identity(base_dir)["name_or_path"] == NANO_SOURCE
     timings["base"] = time.perf_counter() - t0
@@ -229,8 +229,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 def _merge_methods(
     adapters: dict[str, Path], where: Path, identity: dict, cfg: DemoConfig, timings
 ) -> list[Method]:
-    from .adapter_format import load_adapter
-    from .merge import METHODS, merge_adapters
+    from ..adapter_format import load_adapter
+    from ..merge import METHODS, merge_adapters
 
     loaded = [load_adapter(p) for p in adapters.values()]
     n = len(loaded)
@@ -264,7 +264,7 @@ def _routing_methods(
     router's routing accuracy on template prompts, held-out phrasings and the
     natural-request set.
     """
-    from . import route as R
+    from .. import route as R
 
     t0 = time.perf_counter()
     loaded = R.load_adapters(list(adapters.values()), base=identity)
