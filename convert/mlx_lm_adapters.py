@@ -19,12 +19,6 @@ from .peft import assemble_adapter, check_shapes_against_base
 _KEY = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.([a-z_]+)\.lora_([ab])$")
 
 
-def is_mlx_lm_adapter(path: str | Path) -> bool:
-    """mlx-lm adapter configs carry `lora_parameters`; ours and PEFT's do not."""
-    cfg = Path(path) / "adapter_config.json"
-    return cfg.is_file() and "lora_parameters" in read_json(cfg, what="adapter config")
-
-
 def import_mlx_lm(
     adapter_dir: str | Path,
     out: str | Path,

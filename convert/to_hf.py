@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..adapter_format import check_against_base, load_adapter
 from ..errors import MixloraError
-from ..io import atomic_dir, read_json, write_json
+from ..io import atomic_dir, write_json
 from .hf_to_mlx import TOKENIZER_FILES
 from .llama_config import normalize_llama_config
 
@@ -94,8 +94,3 @@ def export_hf(
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
     return Path(out)
-
-
-def is_model_dir(path: str | Path) -> bool:
-    cfg = Path(path) / "config.json"
-    return cfg.is_file() and "model_type" in read_json(cfg)

@@ -137,11 +137,3 @@ def iterate_rows(
         else:
             k -= len(plan)
         epoch += 1
-
-
-def iterate(
-    items: list[Tokenized], batch_size: int, max_len: int, pack: bool, seed: int, start: int = 0
-):
-    """Endless Batch objects; see `iterate_rows`."""
-    for rows in iterate_rows(items, batch_size, max_len, pack, seed, start):
-        yield make_batch(items, rows, max_len, pack)
