@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import MixloraError
 from .validate import loads_json, regular_file
@@ -281,6 +282,21 @@ def read_json(path: str | Path, what: str = "JSON file") -> dict:
     if not isinstance(obj, dict):
         raise MixloraError(f"{what} {path} must hold a JSON object, got {type(obj).__name__}")
     return obj
+
+
+def read_yaml(path: str | Path, what: str = "yaml file") -> Any:
+    """Parse a yaml file with the safe loader, turning every failure into one clear MixloraError."""
+    import yaml  # ~30 ms to import; only recipe and task files need it
+
+    path = Path(path)
+    if not path.is_file():
+        raise MixloraError(f"{what} not found: {path}")
+    try:
+        return yaml.safe_load(regular_file(path, what).read_text())
+    except UnicodeDecodeError as e:
+        raise MixloraError(f"{what} {path} is not text: {e}") from None
+    except yaml.YAMLError as e:
+        raise MixloraError(f"{path} is not valid yaml: {str(e).splitlines()[0]}") from None
 
 
 def refuse_pickle(path: str | Path) -> None:

@@ -106,6 +106,22 @@ COUNT = click.IntRange(min=1)
 NON_NEGATIVE_INT = click.IntRange(min=0)
 
 
+def mapping(
+    d: Any, source: str, known: Iterable[str], required: Iterable[str] = ()
+) -> Mapping[str, Any]:
+    """A parsed config or recipe: a mapping with only `known` keys and every `required` one."""
+    if not isinstance(d, Mapping):
+        raise MixloraError(f"{source}: must be a mapping")
+    known = set(known)
+    unknown = sorted(str(k) for k in set(d) - known)
+    if unknown:
+        raise MixloraError(f"{source}: unknown keys {unknown}; known: {sorted(known)}")
+    for key in required:
+        if key not in d:
+            raise MixloraError(f"{source}: missing key {key!r}")
+    return d
+
+
 def field_types(cls: type, values: Mapping[str, Any], source: str) -> None:
     """Values for a dataclass's fields must have its defaults' types (bool, int, float, str)."""
     import dataclasses

@@ -9,18 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from mlx_mixlora.cli import main
-from mlx_mixlora.demo import (
-    HUB_EXAMPLES,
-    HUB_TRAIN,
-    NANO_EXAMPLES,
-    NANO_TRAIN,
-    TRAIN_PROMPTS,
-    DemoConfig,
-    run_demo,
-)
+from mlx_mixlora.demo import DemoConfig, run_demo
 from mlx_mixlora.errors import MixloraError
 from mlx_mixlora.nano import NanoRecipe, build_nano_base
-from mlx_mixlora.tasks.recipes import load_adapter_recipe
+from mlx_mixlora.train.recipe import builtin_recipe, builtin_recipe_paths, read_recipe
 
 ADAPTERS = Path(__file__).resolve().parents[1] / "adapters"
 TINY = NanoRecipe(
@@ -159,14 +151,49 @@ def test_demo_cli_prints_the_table(tiny_base, tmp_path):
     assert bad.exit_code == 1 and "error: --model 'not-a-dir'" in bad.output
 
 
+NANO_TRAIN = {
+    "rank": 8,
+    "alpha": 16,
+    "targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "iters": 480,
+    "batch_size": 32,
+    "lr": 1.0e-3,
+    "warmup": 10,
+    "pack": False,
+    "max_seq_len": 256,
+    "seed": 0,
+}
+HUB_TRAIN = {
+    "rank": 8,
+    "alpha": 16,
+    "targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "epochs": 1,
+    "batch_size": 4,
+    "lr": 2.0e-4,
+    "max_seq_len": 1024,
+    "seed": 0,
+}
+
+
 @pytest.mark.parametrize("task", ["classification", "qa", "summarization", "sentiment"])
-def test_adapter_recipes_match_the_demo_defaults(task):
-    nano = load_adapter_recipe(ADAPTERS / f"{task}.nano.yaml")
+def test_the_demo_trains_from_the_shipped_recipes(task):
+    """adapters/*.yaml is the one recipe source: the repo files are what the package ships."""
+    shipped = {p.name: p for p in builtin_recipe_paths()}
+    for kind in ("nano", "tinyllama"):
+        name = f"{task}.{kind}.yaml"
+        assert shipped[name].read_bytes() == (ADAPTERS / name).read_bytes()
+    nano = builtin_recipe(task, "nano")
     assert (nano.task, nano.model, nano.source) == (task, "nano", "synthetic")
-    assert nano.train == NANO_TRAIN and nano.examples == NANO_EXAMPLES
-    assert nano.prompts == TRAIN_PROMPTS == "varied"
-    hub = load_adapter_recipe(ADAPTERS / f"{task}.tinyllama.yaml")
+    assert nano.train == NANO_TRAIN and nano.examples == 3840
+    assert nano.prompts == "varied"
+    hub = read_recipe(ADAPTERS / f"{task}.tinyllama.yaml")
     assert hub.source == "hub" and hub.model.startswith("TinyLlama/")
-    assert hub.train == HUB_TRAIN and hub.examples == HUB_EXAMPLES == 200
+    assert hub.train == HUB_TRAIN and hub.examples == 200
     cfg = hub.train_config()
     assert (cfg.rank, cfg.epochs, cfg.targets) == (8, 1, ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+def test_a_task_without_a_recipe_trains_with_the_classification_options():
+    r = builtin_recipe("my_task", "nano")
+    assert (r.name, r.task) == ("my_task", "my_task")
+    assert r.train == builtin_recipe("classification", "nano").train

@@ -119,7 +119,7 @@ def test_natural_file_errors_are_one_line(tmp_path):
 
 
 def test_recipes_may_not_train_on_held_out_phrasings():
-    from mlx_mixlora.tasks.recipes import recipe_from_dict
+    from mlx_mixlora.train.recipe import recipe_from_dict
 
     assert recipe_from_dict({"name": "a", "task": "qa"}).prompts == "varied"
     with pytest.raises(MixloraError, match="held-out phrasings are for evaluation only"):

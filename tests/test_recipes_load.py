@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mlx_mixlora.train.config import TrainConfig, load_recipe
+from mlx_mixlora.train import TrainConfig, load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "adapters").glob("*.yaml"))
 

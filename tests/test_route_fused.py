@@ -6,10 +6,10 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from helpers_route import params, save_model_dir, save_random_adapters, tiny_model
-from mlx_mixlora.modules import linear_at
 
 import mlx_mixlora  # noqa: F401
 from mlx_mixlora.lora import attach_lora, detach_lora
+from mlx_mixlora.modules import linear_at
 from mlx_mixlora.route import (
     Decision,
     UniformRouter,

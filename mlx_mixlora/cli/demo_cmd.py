@@ -46,9 +46,9 @@ from ..tasks.phrasing import TRAIN_STYLES
 @click.option(
     "--prompts",
     type=click.Choice(TRAIN_STYLES),
-    default="varied",
-    show_default=True,
-    help="Training prompts of adapters and gate: template plus train phrasings, or template only.",
+    default=None,
+    help="Training prompts of adapters and gate: template plus train phrasings (varied), or "
+    "template only [default: the recipe's, varied].",
 )
 @click.option("--no-merge", is_flag=True, help="Skip the merge methods.")
 @click.option("--no-route", is_flag=True, help="Skip routing.")
@@ -73,6 +73,7 @@ def demo(
 ) -> None:
     """Build/load the base, train four adapters, merge, route, evaluate, write report.md."""
     from ..demo import DemoConfig, run_demo
+    from ..demo.report import score_table
     from ..errors import MixloraError
     from ..tasks import list_tasks
 
@@ -96,7 +97,5 @@ def demo(
         progress=not quiet,
     )
     results = run_demo(cfg)
-    from ..demo.report import score_table
-
     click.echo(score_table(results))
     click.echo(f"\nwrote {out_dir}/report.md, results.json ({results['timings_s']['total']} s)")

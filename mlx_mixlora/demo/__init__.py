@@ -1,22 +1,6 @@
-"""The demo pipeline (`mixlora demo`): base → task adapters → merges and routers → the
-task × method score matrix, its report and plots."""
+"""The demo pipeline (`mixlora demo`): base → task adapters (from the shipped recipes) →
+merges and routers → the task × method score matrix, its report and plots."""
 
-from .pipeline import (
-    HUB_EXAMPLES,
-    HUB_TRAIN,
-    NANO_EXAMPLES,
-    NANO_TRAIN,
-    TRAIN_PROMPTS,
-    DemoConfig,
-    run_demo,
-)
+from .pipeline import DemoConfig, run_demo
 
-__all__ = [
-    "HUB_EXAMPLES",
-    "HUB_TRAIN",
-    "NANO_EXAMPLES",
-    "NANO_TRAIN",
-    "TRAIN_PROMPTS",
-    "DemoConfig",
-    "run_demo",
-]
+__all__ = ["DemoConfig", "run_demo"]

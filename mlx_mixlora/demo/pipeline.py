@@ -10,15 +10,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import click
+
+from .. import __version__
+from ..cache import cache_root
+from ..convert import convert_hf_to_mlx
 from ..errors import MixloraError
-from ..io import atomic_dir, write_json
+from ..io import atomic_dir, output_path, write_json
+from ..model import base_identity, load
+from ..nano import SOURCE as NANO_SOURCE
+from ..nano import ensure_nano_base
 from ..scoring import Method, adapter_method, base_method, evaluate_matrix
 from ..tasks import BUILTIN_TASKS, get_task, load_examples
 from ..tasks.natural import natural_examples
+from ..train import train_adapter
+from ..train.recipe import HUB, NANO, builtin_recipe
+from .plots import plot_heatmap, plot_retention
+from .report import render_report
 
 # The demo's merge line-up: (label, method, options). Equal weights throughout.
 MERGES: tuple[tuple[str, str, dict], ...] = (
@@ -28,37 +40,6 @@ MERGES: tuple[tuple[str, str, dict], ...] = (
     ("merge:ties", "ties", {"density": 0.2}),
     ("merge:dare_ties", "dare_ties", {"drop": 0.5}),
 )
-
-# Default recipes (adapters/<task>.nano.yaml and .tinyllama.yaml hold the same; tests check it).
-NANO_TRAIN = {
-    "rank": 8,
-    "alpha": 16,
-    "targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    # 4 passes: varied prompts need more than the template's 240 steps (classification
-    # 0.94 at 240, 0.99 at 480 on template prompts; 120 steps at 2e-3 were seed-dependent)
-    "iters": 480,
-    "batch_size": 32,
-    "lr": 1.0e-3,
-    "warmup": 10,
-    "pack": False,
-    "max_seq_len": 256,
-    "seed": 0,
-}
-NANO_EXAMPLES = 3840
-# Training prompts: the template plus each task's train phrasings (tasks.phrasing), so an
-# adapter answers a task however it is asked, not only in its template.
-TRAIN_PROMPTS = "varied"
-HUB_TRAIN = {
-    "rank": 8,
-    "alpha": 16,
-    "targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "epochs": 1,
-    "batch_size": 4,
-    "lr": 2.0e-4,
-    "max_seq_len": 1024,
-    "seed": 0,
-}
-HUB_EXAMPLES = 200
 
 
 @dataclass
@@ -71,7 +52,7 @@ class DemoConfig:
     train_examples: int | None = None  # None: from the recipe
     iters: int | None = None  # None: from the recipe
     seed: int = 0
-    prompts: str = TRAIN_PROMPTS  # style of the training prompts (adapters and gate)
+    prompts: str | None = None  # style of the training prompts (adapters and gate); None: recipe
     merges: bool = True
     routing: bool = True
     plots: bool = True
@@ -81,25 +62,18 @@ class DemoConfig:
 
 def _log(cfg: DemoConfig, msg: str) -> None:
     if cfg.progress:
-        import click
-
         click.echo(msg, err=True)
 
 
 def resolve_base(model: str | None, log: Callable[[str], None], progress: bool = True) -> Path:
     """The MLX model dir: nano base (cached), a local dir, or a hub id converted into the cache."""
     if model is None or model == "nano":
-        from ..nano import ensure_nano_base
-
         return ensure_nano_base(progress=progress, log=log)
     path = Path(model)
     if path.is_dir():
         return path
     if "/" not in model or path.exists():
         raise MixloraError(f"--model {model!r} is neither a model directory nor a hub id")
-    from ..convert import convert_hf_to_mlx
-    from ..nano import cache_root
-
     dst = cache_root() / ("converted-" + model.replace("/", "--"))
     if not (dst / "config.json").is_file():
         log(f"converting {model} into {dst}")
@@ -109,33 +83,22 @@ def resolve_base(model: str | None, log: Callable[[str], None], progress: bool =
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the pipeline and write report.md, results.json, plots and adapters to `cfg.out`."""
-    import mlx_mixlora
-
-    from ..model import base_identity, load
-    from ..train import TrainConfig, train_adapter
-
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise MixloraError(
-            f"output path {out} already exists (choose another path or pass --overwrite)"
-        )
+    output_path(out, cfg.overwrite)  # before the base build and the training runs
     tasks = [get_task(t) for t in cfg.tasks]
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
     t0 = time.perf_counter()
     base_dir = resolve_base(cfg.model, lambda m: _log(cfg, m), progress=cfg.progress)
-    from ..nano import SOURCE as NANO_SOURCE
-
     nano = base_identity(base_dir)["name_or_path"] == NANO_SOURCE
     timings["base"] = time.perf_counter() - t0
     model, tok = load(base_dir)
     identity = base_identity(base_dir)
-    train_opts = dict(NANO_TRAIN if nano else HUB_TRAIN)
-    if cfg.iters is not None:
-        train_opts["iters"] = cfg.iters
-    train_opts["seed"] = cfg.seed
-    n_train = cfg.train_examples or (NANO_EXAMPLES if nano else HUB_EXAMPLES)
+    recipes = {t.name: builtin_recipe(t.name, NANO if nano else HUB) for t in tasks}
+    cfg = replace(cfg, prompts=cfg.prompts or recipes[tasks[0].name].prompts)
+    overrides = {"seed": cfg.seed, **({"iters": cfg.iters} if cfg.iters is not None else {})}
+    train_opts = {t: {**r.train, **overrides} for t, r in recipes.items()}
 
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
         eval_sets = {
@@ -146,13 +109,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         adapters: dict[str, Path] = {}
         train_info: dict[str, dict] = {}
         for t in tasks:
+            n_train = cfg.train_examples or recipes[t.name].examples
             _log(cfg, f"training the {t.name} adapter ({n_train} {cfg.data} examples)")
             examples = load_examples(
                 t, cfg.data, "train", n=n_train, seed=cfg.seed, prompts=cfg.prompts
             )
-            tcfg = TrainConfig.from_dict(
-                {**train_opts, "name": t.name, "task": t.name}, source="demo recipe"
-            )
+            tcfg = recipes[t.name].train_config(**overrides, name=t.name)
             t0 = time.perf_counter()
             res = train_adapter(
                 (model, tok),
@@ -199,12 +161,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             seed=cfg.seed,
             eval_examples=cfg.eval_examples,
             train=train_info,
-            train_options=train_opts,
+            train_options=_common(train_opts),
             train_prompts=cfg.prompts,
             routing_accuracy=routing_accuracy,
             retention=retention(results),
             timings_s={k: round(v, 1) for k, v in timings.items()},
-            version=mlx_mixlora.__version__,
+            version=__version__,
         )
         for m in results["methods"]:  # paths inside the temp dir → paths in the final dir
             if "adapter" in m:
@@ -212,13 +174,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         write_json(tmp / "results.json", results)
         figures = {}
         if cfg.plots:
-            from .plots import plot_heatmap, plot_retention
-
             figures["heatmap"] = plot_heatmap(results, tmp / "heatmap.png")
             if len(results["retention"]) > 0:
                 figures["retention"] = plot_retention(results, tmp / "retention.png")
-        from .report import render_report
-
         (tmp / "report.md").write_text(
             render_report(results, {k: p.name for k, p in figures.items()})
         )
@@ -315,6 +273,12 @@ def _routing_methods(
     timings["route:accuracy"] = time.perf_counter() - t0
     methods = [Method(name, kind="route", score=scorer(r, mode)) for name, r, mode in routers]
     return methods, accuracy
+
+
+def _common(per_task: dict[str, dict]) -> dict:
+    """The training options, once when every task's recipe gives the same ones (the built-ins do)."""
+    first = next(iter(per_task.values()), {})
+    return first if all(o == first for o in per_task.values()) else per_task
 
 
 def retention(results: dict) -> dict[str, dict[str, float]]:

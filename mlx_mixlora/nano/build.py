@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import MixloraError
-from ..io import atomic_dir, write_json
+from ..io import atomic_dir, output_path, write_json
 from .corpus import pretraining_docs, tokenizer_texts
 from .recipe import NanoRecipe, cached_path
 
@@ -62,10 +62,7 @@ def build_nano_base(
 
     recipe = recipe or NanoRecipe()
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise MixloraError(
-            f"output path {out_dir} already exists (choose another path or pass --overwrite)"
-        )
+    output_path(out_dir, overwrite)  # before minutes of training
     t0 = time.perf_counter()
     docs = pretraining_docs(
         recipe.corpus_rows_per_task,

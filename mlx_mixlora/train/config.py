@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..adapter_format import ATTENTION_TARGETS, TARGET_PARENT
@@ -104,23 +103,3 @@ class TrainConfig:
             return cls(**d).validate()
         except TypeError as e:
             raise MixloraError(f"{source}: {e}") from None
-
-
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a YAML recipe into a dict of TrainConfig fields (validated when merged)."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise MixloraError(f"recipe not found: {path}")
-    try:
-        d = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise MixloraError(f"recipe {path} is not valid YAML: {e}") from None
-    if not isinstance(d, dict):
-        raise MixloraError(f"recipe {path} must be a mapping of training options")
-    if isinstance(d.get("train"), dict):  # a task recipe from adapters/: its `train:` block
-        d = {**d["train"], **{k: d[k] for k in ("name", "task") if k in d}}
-    d = {str(k).replace("-", "_"): v for k, v in d.items()}
-    TrainConfig.from_dict(d, source=str(path))  # validate names and values early
-    return d

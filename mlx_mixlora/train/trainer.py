@@ -27,6 +27,7 @@ from mlx.utils import tree_map
 
 from ..adapter_format import AdapterConfig, save_adapter
 from ..errors import MixloraError
+from ..io import output_path
 from ..lora import adapter_weights, attach_lora, detach_lora, model_identity, n_layers, parse_layers
 from ..validate import rank_fits
 from . import checkpoint, distributed
@@ -167,10 +168,8 @@ def train_adapter(
     """
     cfg = (cfg or TrainConfig()).validate()
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None and out.exists() and not overwrite:
-        raise MixloraError(
-            f"output path {out} already exists (choose another path or pass --overwrite)"
-        )
+    if out is not None:
+        output_path(out, overwrite)  # before loading the model and training
     if isinstance(model, (str, Path)):
         from ..model import base_identity, load
 
