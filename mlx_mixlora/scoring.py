@@ -274,7 +274,7 @@ def score_task(model, tokenizer, task: Task, examples: list[dict], batch_size: i
             chance=max(refs.count(lab) for lab in labels) / len(refs),
         )
     else:
-        result.update(rouge_l=M.mean_rouge_l(gens, refs))
+        result.update(M.mean_rouge(gens, refs))
     result["score"] = result[PRIMARY[task.metric]]
     result["seconds"] = round(time.perf_counter() - t0, 2)
     result["samples"] = [

@@ -9,10 +9,11 @@ from hypothesis import strategies as st
 from mlx_mixlora.tasks.metrics import (
     accuracy,
     exact_match,
-    lcs_length,
     macro_f1,
+    mean_rouge,
     mean_rouge_l,
     normalize,
+    rouge,
     rouge_l,
 )
 
@@ -44,13 +45,28 @@ def test_accuracy_and_macro_f1_by_hand():
 
 def test_rouge_l_by_hand():
     # LCS("the cat sat on the mat", "the cat is on the mat") = the cat on the mat = 5
-    assert lcs_length("the cat sat on the mat".split(), "the cat is on the mat".split()) == 5
     assert rouge_l("the cat sat on the mat", "the cat is on the mat") == pytest.approx(5 / 6)
-    # P = 2/3, R = 2/4 -> F = 2PR/(P+R) = 4/7
-    assert rouge_l("police killed gunman", "police kill the gunman") == pytest.approx(4 / 7)
+    # without stemming: P = 2/3, R = 2/4 -> F = 2PR/(P+R) = 4/7
+    assert rouge_l("police killed gunman", "police kill the gunman", stem=False) == pytest.approx(
+        4 / 7
+    )
+    # with Porter stemming (the default, as for CNN/DailyMail) killed = kill: P = 1, R = 3/4
+    assert rouge_l("police killed gunman", "police kill the gunman") == pytest.approx(6 / 7)
     assert rouge_l("Mayor opens bridge.", "mayor opens BRIDGE") == 1.0
     assert rouge_l("", "x") == 0.0 and rouge_l("a b", "c d") == 0.0
     assert mean_rouge_l(["a b", "c"], ["a b", "d"]) == 0.5
+
+
+def test_rouge_1_and_2_by_hand():
+    # unigrams: the cat on the mat match 5 of 6 each way; bigrams: "the cat", "on the",
+    # "the mat" match 3 of 5 each way
+    r = rouge("the cat sat on the mat", "the cat is on the mat")
+    assert r["rouge_1"] == pytest.approx(5 / 6) and r["rouge_2"] == pytest.approx(3 / 5)
+    assert mean_rouge(["a b", "x"], ["a b", "y"]) == {
+        "rouge_1": 0.5,
+        "rouge_2": 0.5,
+        "rouge_l": 0.5,
+    }
 
 
 @given(
@@ -61,6 +77,5 @@ def test_rouge_l_properties(a, b):
     score = rouge_l(x, y)
     assert 0.0 <= score <= 1.0
     assert score == pytest.approx(rouge_l(y, x))
-    assert lcs_length(a, b) <= min(len(a), len(b))
     if a:
         assert rouge_l(x, x) == 1.0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from mlx_mixlora.demo.report import (
+    label_table,
     natural_summary,
     retention_table,
+    rouge_table,
     routing_accuracy_table,
     routing_table,
 )
@@ -100,3 +102,32 @@ def test_natural_summary_compares_adapters_to_their_template_scores_and_routers_
     assert lines[2] == "| own adapter: natural ÷ template score | 0.750 | 1.000 | 0.875 |"
     assert lines[3] == "| route:gate-top1: routed ÷ oracle | 0.500 | 0.800 | 0.650 |"
     assert len(lines) == 4  # the oracle is not compared with itself
+
+
+def test_rouge_and_label_tables_show_each_task_kind_with_its_own_metrics():
+    res = {
+        "tasks": ["cls", "sum"],
+        "methods": [{"name": "base"}, {"name": "adapter:sum"}],
+        "scores": {
+            "base": {
+                "cls": {"accuracy_gen": 0.5, "macro_f1_gen": 0.25, "chance": 0.5},
+                "sum": {"rouge_1": 0.4, "rouge_2": 0.1, "rouge_l": 0.3},
+            },
+            "adapter:sum": {
+                "cls": {"accuracy_gen": 0.0, "accuracy_ll": 0.75, "chance": 0.5},
+                "sum": {"rouge_1": 0.6, "rouge_2": 0.25, "rouge_l": 0.5},
+            },
+        },
+    }
+    assert rouge_table(res).splitlines() == [
+        "| method | task | rouge_1 | rouge_2 | rouge_l |",
+        "|---|---|---|---|---|",
+        "| base | sum | 0.400 | 0.100 | 0.300 |",
+        "| adapter:sum | sum | 0.600 | 0.250 | 0.500 |",
+    ]
+    lines = label_table(res).splitlines()
+    assert lines[0] == (
+        "| method | task | accuracy_gen | macro_f1_gen | accuracy_ll | macro_f1_ll | chance |"
+    )
+    assert lines[1] == "|---|---|---|---|---|---|---|"
+    assert lines[3] == "| adapter:sum | cls | 0.000 | – | 0.750 | – | 0.500 |"

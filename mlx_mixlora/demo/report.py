@@ -30,20 +30,32 @@ def score_table(results: dict, scores: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def label_table(results: dict) -> str:
-    """Both ways of scoring label tasks: generation vs label log-likelihood."""
-    tasks = [t for t in results["tasks"] if "accuracy_gen" in results["scores"]["base"][t]]
+def _metric_table(results: dict, key: str, cols: list[str], extra: str | None = None) -> str:
+    """One row per method × task for the tasks whose cells carry `key`."""
+    tasks = [t for t in results["tasks"] if key in results["scores"]["base"][t]]
     if not tasks:
         return ""
-    cols = ["accuracy_gen", "macro_f1_gen", "accuracy_ll", "macro_f1_ll"]
-    head = "| method | task | " + " | ".join(cols) + " | chance |"
-    lines = [head, "|" + "---|" * (len(cols) + 3)]
+    tail = f" {extra} |" if extra else ""
+    head = "| method | task | " + " | ".join(cols) + " |" + tail
+    lines = [head, "|" + "---|" * (len(cols) + 2 + bool(extra))]
     for m in results["methods"]:
         for t in tasks:
             r = results["scores"][m["name"]][t]
             vals = " | ".join(_fmt(r[c]) if c in r else "–" for c in cols)
-            lines.append(f"| {m['name']} | {t} | {vals} | {_fmt(r.get('chance', '–'))} |")
+            more = f" {_fmt(r.get(extra, '–'))} |" if extra else ""
+            lines.append(f"| {m['name']} | {t} | {vals} |{more}")
     return "\n".join(lines)
+
+
+def label_table(results: dict) -> str:
+    """Both ways of scoring label tasks: generation vs label log-likelihood."""
+    cols = ["accuracy_gen", "macro_f1_gen", "accuracy_ll", "macro_f1_ll"]
+    return _metric_table(results, "accuracy_gen", cols, extra="chance")
+
+
+def rouge_table(results: dict) -> str:
+    """ROUGE-1/2/L F-measures (rouge-score, Porter stemming) of the generation tasks."""
+    return _metric_table(results, "rouge_l", ["rouge_1", "rouge_2", "rouge_l"])
 
 
 def _mean(vals: list) -> float | None:
@@ -178,7 +190,7 @@ def render_report(results: dict, figures: dict[str, str]) -> str:
         "## Task × method",
         "",
         "Label tasks: accuracy of the free generation (normalised exact match); summaries: "
-        "ROUGE-L F1. **Bold**: each adapter on its own task. Off-diagonal adapter cells show "
+        "ROUGE-L F1 (`rouge-score`, stemmed). **Bold**: each adapter on its own task. Off-diagonal adapter cells show "
         "cross-task interference; merge and routing rows show what survives combination.",
         "",
         score_table(results),
@@ -244,6 +256,17 @@ def render_report(results: dict, figures: dict[str, str]) -> str:
             "isolation). `chance`: the majority-label share.",
             "",
             lt,
+            "",
+        ]
+    rg = rouge_table(results)
+    if rg:
+        parts += [
+            "## Generation tasks: ROUGE-1, ROUGE-2, ROUGE-L",
+            "",
+            "F-measures from Google's `rouge-score` with Porter stemming (as papers report "
+            "CNN/DailyMail), averaged over the test examples.",
+            "",
+            rg,
             "",
         ]
     parts += [

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from ..adapter_format import validate_name
 from ..errors import MixloraError
+from ..io import read_yaml
+from ..validate import mapping
 from .builtin import BUILTIN_TASKS
 from .spec import HubSource, Task, label_key
 
@@ -64,14 +66,7 @@ def register_task(task: Task, replace: bool = False) -> Task:
 
 def task_from_dict(d: dict, source: str = "task spec") -> Task:
     """Build a Task from a plain dict (parsed yaml), with one-line errors."""
-    if not isinstance(d, dict):
-        raise MixloraError(f"{source}: must be a mapping")
-    unknown = sorted(set(d) - _YAML_KEYS)
-    if unknown:
-        raise MixloraError(f"{source}: unknown keys {unknown}")
-    for key in ("name", "fields", "template", "target"):
-        if key not in d:
-            raise MixloraError(f"{source}: missing key {key!r}")
+    mapping(d, source, _YAML_KEYS, required=("name", "fields", "template", "target"))
     fields = d["fields"]
     if isinstance(fields, str):
         fields = [fields]
@@ -119,16 +114,7 @@ def _text_list(value, key: str, source: str) -> tuple[str, ...]:
 
 def load_task_yaml(path: str | Path, register: bool = True, replace: bool = False) -> Task:
     """Read a user task from yaml (safe loader) and register it."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise MixloraError(f"task file not found: {path}")
-    try:
-        d = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise MixloraError(f"{path} is not valid yaml: {str(e).splitlines()[0]}") from None
-    task = task_from_dict(d, source=str(path))
+    task = task_from_dict(read_yaml(path, what="task file"), source=str(path))
     return register_task(task, replace=replace) if register else task
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..adapter_format import ATTENTION_TARGETS, TARGET_PARENT
 from ..errors import MixloraError
-from ..validate import MAX_SEED, field_types, number
+from ..validate import MAX_SEED, field_types, mapping, number
 from .data import LONG_POLICIES
 
 
@@ -94,10 +94,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "training config") -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise MixloraError(f"{source}: unknown keys {unknown}; known: {sorted(known)}")
+        mapping(d, source, (f.name for f in dataclasses.fields(cls)))
         field_types(cls, d, source)
         try:
             return cls(**d).validate()
