@@ -167,28 +167,6 @@ def test_base_cli_build_and_path(tmp_path, cache):
     assert r.exit_code == 1 and "--steps must be >= 1" in r.output
 
 
-def test_copy_drill_docs_repeat_a_random_span():
-    """Copy drills (induction curriculum): a random word span twice, never a task prompt."""
-    from mlx_mixlora.nano.corpus import copy_doc, copy_words
-
-    words = copy_words()
-    assert {"Anna", "Wong", "opened", "bridge"} <= set(words)
-    rng = random.Random(0)
-    spans = []
-    for _ in range(200):
-        doc = copy_doc(rng, words)
-        first, *repeats = doc[:-1].split(". ")
-        assert repeats == [first, first] and 4 <= len(first.split()) <= 14
-        spans.append(first)
-    assert len(set(spans)) == 200  # random spans: nothing to memorise, only to copy
-    plain = pretraining_docs(200, seed=0)
-    drilled = pretraining_docs(200, seed=0, copy_share=0.5)
-    assert len(plain) == len(drilled)
-    n = sum(d != p for d, p in zip(drilled, plain, strict=True))
-    assert 0.4 < n / len(plain) < 0.6
-    assert not any(":" in d.split("\n")[-1] for d, p in zip(drilled, plain, strict=True) if d != p)
-
-
 class _Oracle:
     """A fake model whose greedy next token is chosen by `rule(ids, t)` (numpy, no weights)."""
 

@@ -69,7 +69,6 @@ def build_nano_base(
         recipe.seed,
         recipe.format_share,
         recipe.repeat_share,
-        recipe.copy_share,
     )
     tok = train_bpe(tokenizer_texts(docs), recipe.vocab_size)
     if tok.get_vocab_size() > recipe.vocab_size:

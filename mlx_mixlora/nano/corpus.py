@@ -7,10 +7,8 @@ answer format and the label words (whose output embeddings an attention-only
 LoRA cannot create from nothing) but not the mapping from content to label: it
 scores at chance until an adapter teaches it the task. Summaries get no such
 documents: a random headline after "Summary:" would teach the base not to copy. Another
-share is a text written twice, and with `copy_share` a document is followed by
-a copy drill (a random span of the generators' words written three times): only
-copying from context predicts the repeats, the curriculum that grows induction
-heads, which summarising by extraction needs.
+share is a text written twice: only copying from context predicts the repeat,
+the curriculum that grows induction heads, which summarising by extraction needs.
 """
 
 from __future__ import annotations
@@ -48,27 +46,14 @@ def copy_words() -> list[str]:
     return sorted(words)
 
 
-def copy_doc(rng: random.Random, words: list[str]) -> str:
-    """A random word span written three times: only copying predicts the repeats."""
-    span = " ".join(rng.choice(words) for _ in range(rng.randint(4, 14)))
-    return f"{span}. {span}. {span}."
-
-
 def pretraining_docs(
     rows_per_task: int,
     seed: int,
     format_share: float = 0.25,
     repeat_share: float = 0.2,
-    copy_share: float = 0.0,
 ) -> list[str]:
-    """One document per synthetic train row, tasks interleaved deterministically.
-
-    With `copy_share` > 0 a share of rows is followed by a copy drill document
-    (random words, repeated), the cheap curriculum for induction heads.
-    """
+    """One document per synthetic train row, tasks interleaved deterministically."""
     rng = random.Random(f"nano-corpus:{seed}")
-    crng = random.Random(f"nano-copy:{seed}")
-    words = copy_words()
     per_task = []
     for t in BUILTIN_TASKS:
         if not t.synthetic:
@@ -84,8 +69,6 @@ def pretraining_docs(
                 docs.append(f"{text} {text}")  # repeated text: teaches copying (induction)
             else:
                 docs.append(text)
-            if copy_share > 0 and crng.random() < copy_share:
-                docs[-1] = docs[-1] + "\n" + copy_doc(crng, words)
         per_task.append(docs)
     return [doc for group in zip(*per_task, strict=True) for doc in group]
 

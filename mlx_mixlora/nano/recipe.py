@@ -41,7 +41,6 @@ class NanoRecipe:
     corpus_rows_per_task: int = 6000
     format_share: float = 0.25
     repeat_share: float = 0.2
-    copy_share: float = 0.0  # copy drills (see corpus.py); off: no gain within the budget
     seed: int = 0
     generator_version: int = GENERATOR_VERSION
     build_version: int = BUILD_VERSION
