@@ -22,8 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
 import numpy as np
+from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+from tqdm import tqdm
 
+from .lora import detach_lora, load_adapter_into
 from .tasks import Task
 from .tasks import metrics as M
 
@@ -60,8 +64,6 @@ def adapter_method(
 
     @contextlib.contextmanager
     def use(model, task: Task) -> Iterator[None]:
-        from .lora import detach_lora, load_adapter_into
-
         load_adapter_into(model, adapter_dir, base=base)
         try:
             yield
@@ -105,8 +107,6 @@ def _batches(lengths: list[int], vocab: int) -> Iterator[list[int]]:
 
 
 def _forward(model, seqs: list[list[int]], pad: int):
-    import mlx.core as mx
-
     width = max(len(s) for s in seqs)
     x = np.full((len(seqs), width), pad, dtype=np.int32)
     for i, s in enumerate(seqs):
@@ -125,7 +125,6 @@ def sequence_logprobs(
     Sequences are right-padded: with a causal mask the pads never affect the
     scored positions, so batching is exact.
     """
-    import mlx.core as mx
 
     seqs = [p + c for p, c in zip(prompts, continuations, strict=True)]
     out = np.zeros(len(seqs), dtype=np.float64)
@@ -162,8 +161,6 @@ def _same_length_groups(seqs: list[list[int]], vocab: int) -> Iterator[list[int]
 
 
 def _log_softmax(logits):
-    import mlx.core as mx
-
     logits = logits.astype(mx.float32)
     return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
@@ -174,8 +171,6 @@ def label_scores(model, tokenizer, prompts: list[str], labels: list[str]) -> np.
     Each prompt is run once into a KV cache; every label continues from it and
     is trimmed off again, so k labels cost one prompt pass, not k.
     """
-    import mlx.core as mx
-    from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 
     eos = sorted(_eos_ids(tokenizer))[:1]
     p_ids = [encode_prompt(tokenizer, p) for p in prompts]
@@ -210,8 +205,6 @@ def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -
     Prompts of equal token length are decoded together with one KV cache (no
     padding, so exactly what one-at-a-time decoding gives).
     """
-    import mlx.core as mx
-    from mlx_lm.models.cache import make_prompt_cache
 
     eos = _eos_ids(tokenizer)
     seqs = [encode_prompt(tokenizer, p) for p in prompts]
@@ -293,8 +286,6 @@ def evaluate_matrix(
     progress: bool = True,
 ) -> dict:
     """`{"tasks", "methods", "scores": {method: {task: metrics}}}` for every pair."""
-    from tqdm import tqdm
-
     bar = tqdm(total=len(tasks) * len(methods), desc="evaluate", disable=not progress, unit="cell")
     scores: dict[str, dict[str, dict]] = {}
     for method in methods:

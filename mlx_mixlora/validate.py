@@ -9,6 +9,7 @@ traceback or a hang.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -124,8 +125,6 @@ def mapping(
 
 def field_types(cls: type, values: Mapping[str, Any], source: str) -> None:
     """Values for a dataclass's fields must have its defaults' types (bool, int, float, str)."""
-    import dataclasses
-
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     for key, value in values.items():
         default = defaults.get(key, dataclasses.MISSING)

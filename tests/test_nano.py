@@ -135,12 +135,12 @@ def test_build_is_reproducible_and_atomic(tmp_path, monkeypatch):
     with pytest.raises(MixloraError, match="already exists"):
         build_nano_base(tmp_path / "a", TINY, progress=False)
 
-    from mlx_mixlora.nano import pretrain as pretrain_mod
+    from mlx_mixlora.nano import build as build_mod
 
     def boom(*args, **kwargs):
         raise RuntimeError("killed mid-training")
 
-    monkeypatch.setattr(pretrain_mod, "pretrain", boom)
+    monkeypatch.setattr(build_mod, "pretrain", boom)
     with pytest.raises(RuntimeError):
         build_nano_base(tmp_path / "c", TINY, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]

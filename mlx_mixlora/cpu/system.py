@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import platform
 import sys
+from importlib.metadata import version
 
+import mlx.core as mx
+
+from .. import __version__
 from .blas import INSTALL_HINT, blas_status
 from .gemv_shim import shim_status
 from .heap import malloc_status
@@ -38,8 +42,6 @@ def heap_in_use() -> str:
 
 def gemm_gflops(n: int = 1024, repeats: int = 10) -> float:
     """Measured fp32 n×n×n GEMM throughput on MLX's default device, warm-up excluded."""
-    import mlx.core as mx
-
     from ..bench.timing import repeat
 
     a = mx.random.normal((n, n), key=mx.random.key(0))
@@ -51,8 +53,6 @@ def gemm_gflops(n: int = 1024, repeats: int = 10) -> float:
 
 def gemv_gbs(rows: int = 5632, cols: int = 2048, repeats: int = 20) -> float:
     """Measured fp32 one-row product (a decode step's x @ W.T) in GB/s of W read, warm-up excluded."""
-    import mlx.core as mx
-
     from ..bench.timing import repeat
 
     w = mx.random.normal((rows, cols), key=mx.random.key(0))
@@ -63,8 +63,6 @@ def gemv_gbs(rows: int = 5632, cols: int = 2048, repeats: int = 20) -> float:
 
 
 def device_name() -> str:
-    import mlx.core as mx
-
     dev = mx.default_device()
     if mx.metal.is_available():
         return f"{dev} (Metal: {mx.metal.device_info().get('device_name', 'Apple GPU')})"
@@ -75,20 +73,10 @@ def device_name() -> str:
 
 def system_report(gemm_size: int = 1024) -> dict:
     """Everything a benchmark or bug report needs to say where it ran."""
-    import mlx.core as mx
-
-    import mlx_mixlora
-
-    try:
-        import mlx_lm
-
-        mlx_lm_version = mlx_lm.__version__
-    except ImportError:  # pragma: no cover - mlx-lm is a core dependency
-        mlx_lm_version = "missing"
     return {
-        "mlx_mixlora": mlx_mixlora.__version__,
+        "mlx_mixlora": __version__,
         "mlx": mx.__version__,
-        "mlx_lm": mlx_lm_version,
+        "mlx_lm": version("mlx-lm"),  # importing mlx_lm would load transformers (and torch)
         "python": platform.python_version(),
         "os": f"{platform.system()} {platform.release()}",
         "machine": platform.machine(),

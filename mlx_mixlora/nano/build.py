@@ -13,10 +13,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import mlx.core as mx
+from tqdm import tqdm
+
+from .. import __version__
 from ..errors import MixloraError
 from ..io import atomic_dir, output_path, write_json
 from .corpus import pretraining_docs, tokenizer_texts
+from .pretrain import build_model, model_args, pack, pretrain
 from .recipe import NanoRecipe, cached_path
+from .tokenizer import EOS, save_tokenizer, train_bpe
 
 SOURCE = "nano-synthetic"
 
@@ -51,14 +57,7 @@ def build_nano_base(
     overwrite: bool = False,
 ) -> Path:
     """Train the tokenizer, pretrain the model and write the model dir atomically."""
-    import mlx.core as mx
-    from mlx_lm.utils import save_config, save_model
-    from tqdm import tqdm
-
-    import mlx_mixlora
-
-    from .pretrain import build_model, model_args, pack, pretrain
-    from .tokenizer import EOS, save_tokenizer, train_bpe
+    from mlx_lm.utils import save_config, save_model  # loads transformers (and torch): seconds
 
     recipe = recipe or NanoRecipe()
     out_dir = Path(out_dir)
@@ -112,7 +111,7 @@ def build_nano_base(
                 "recipe": recipe.to_dict(),
                 "recipe_key": recipe.key(),
                 "stats": stats,
-                "built_with": f"mlx-mixlora {mlx_mixlora.__version__}",
+                "built_with": f"mlx-mixlora {__version__}",
             },
         )
         (tmp / "README.md").write_text(_model_card(recipe, stats))

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
 import numpy as np
 
 from .recipe import NanoRecipe
@@ -48,8 +51,7 @@ def model_args(recipe: NanoRecipe) -> dict:
 
 def build_model(recipe: NanoRecipe):
     """A randomly initialised mlx-lm Llama with the recipe's shapes (seeded)."""
-    import mlx.core as mx
-    from mlx_lm.models import llama
+    from mlx_lm.models import llama  # mlx_lm loads transformers (and torch): seconds
 
     mx.random.seed(recipe.seed)
     cfg = model_args(recipe)
@@ -75,10 +77,6 @@ def pretrain(
     on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Train `model` in place on windows of `stream`; returns the per-step losses."""
-    import mlx.core as mx
-    import mlx.nn as nn
-    import mlx.optimizers as optim
-
     L, B = recipe.seq_len, recipe.batch_size
     if len(stream) <= L + 1:
         raise ValueError(f"corpus of {len(stream)} tokens is shorter than one window ({L + 1})")

@@ -5,7 +5,6 @@ base that copies tokens it has seen in the prompt (induction / copy heads): a
 LoRA on the attention projections can redirect attention, but it does not
 create a copying circuit in the budget. These probes measure that ability
 directly, in seconds, so a base recipe can be judged before any adapter run:
-
 - `remention`: after an article's lead sentence, is the next token the
   subject's last name (the second sentence always opens with it)? Chance 1/20.
 - `repeat`: on a random span of the generators' words written twice, the
@@ -16,6 +15,7 @@ from __future__ import annotations
 
 import random
 
+import mlx.core as mx
 import numpy as np
 
 from ..tasks import synthetic as S
@@ -24,8 +24,6 @@ from .corpus import copy_words
 
 def _argmax_next(model, ids: list[int]) -> np.ndarray:
     """Greedy next-token prediction at every position of one sequence."""
-    import mlx.core as mx
-
     return np.array(mx.argmax(model(mx.array([ids]))[0], axis=-1))
 
 

@@ -18,6 +18,7 @@ from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_map
 
 from ..cpu.blas import OPENBLAS_SONAME, blas_status
 
@@ -75,8 +76,6 @@ class SplitStep:
 
 
 def _tree_weighted(trees: list, weights: list):
-    from mlx.utils import tree_map
-
     out = tree_map(lambda g: g * weights[0], trees[0])
     for t, w in zip(trees[1:], weights[1:], strict=True):
         out = tree_map(lambda a, g, w=w: a + g * w, out, t)

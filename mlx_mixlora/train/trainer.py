@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,12 +24,14 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_map
+from mlx.utils import tree_map, tree_unflatten
+from tqdm import tqdm
 
 from ..adapter_format import AdapterConfig, save_adapter
 from ..errors import MixloraError
 from ..io import output_path
 from ..lora import adapter_weights, attach_lora, detach_lora, model_identity, n_layers, parse_layers
+from ..model import base_identity, load
 from ..validate import rank_fits
 from . import checkpoint, distributed
 from .batching import Batch, batches_per_epoch, epoch_rows, iterate_rows, make_batch
@@ -132,8 +135,6 @@ def evaluate(model: nn.Module, items: list[Tokenized], cfg: TrainConfig) -> floa
 
 def _validate(model: nn.Module, items: list[Tokenized], cfg: TrainConfig, n_streams: int) -> float:
     """`evaluate` with OpenBLAS's threads back at one per core (the split step sets 1)."""
-    import os
-
     with blas_threads(os.cpu_count() or 1) if n_streams > 1 else contextlib.nullcontext():
         return evaluate(model, items, cfg)
 
@@ -171,8 +172,6 @@ def train_adapter(
     if out is not None:
         output_path(out, overwrite)  # before loading the model and training
     if isinstance(model, (str, Path)):
-        from ..model import base_identity, load
-
         base = base or base_identity(model)
         model, tokenizer = load(model)
         owned = True
@@ -328,8 +327,6 @@ def _loop(
     mx.reset_peak_memory()
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(
             total=total,
             initial=start,
@@ -449,6 +446,4 @@ def _loop(
 
 
 def _nest(flat: dict[str, mx.array]) -> dict:
-    from mlx.utils import tree_unflatten
-
     return tree_unflatten(list(flat.items()))
