@@ -197,3 +197,24 @@ def test_a_task_without_a_recipe_trains_with_the_classification_options():
     r = builtin_recipe("my_task", "nano")
     assert (r.name, r.task) == ("my_task", "my_task")
     assert r.train == builtin_recipe("classification", "nano").train
+
+
+def test_a_task_added_as_one_yaml_file_runs_through_the_demo(tiny_base, tmp_path):
+    """Adding a task is one file: a yaml task (here on the AG News generator, in a template of
+    its own) trains, merges and scores beside a built-in one, with the classification recipe."""
+    spec = tmp_path / "headline_topic.yaml"
+    spec.write_text(
+        "name: headline_topic\n"
+        "fields: [text]\n"
+        'template: "Headline: {text}\\nSection (World, Sports, Business or Sci/Tech):"\n'
+        "target: label\n"
+        "labels: {0: World, 1: Sports, 2: Business, 3: Sci/Tech}\n"
+        "synthetic: ag_news\n"
+    )
+    res = run_demo(_cfg(tiny_base, tmp_path / "out", tasks=["sentiment", str(spec)]))
+    assert res["tasks"] == ["sentiment", "headline_topic"]
+    assert res["primary_metric"]["headline_topic"] == "accuracy_gen"
+    scores = res["scores"]["adapter:headline_topic"]["headline_topic"]
+    assert scores["n"] == 6 and 0.0 <= scores["score"] <= 1.0
+    assert (tmp_path / "out" / "adapters" / "headline_topic" / "adapters.safetensors").is_file()
+    assert any(m["name"].startswith("merge:") for m in res["methods"])

@@ -29,7 +29,11 @@ from ..tasks.phrasing import TRAIN_STYLES
     show_default=True,
     help="Output directory.",
 )
-@click.option("--tasks", default=None, help="Comma-separated task names (default: all four).")
+@click.option(
+    "--tasks",
+    default=None,
+    help="Comma-separated task names or task yaml files (default: the four built-in tasks).",
+)
 @click.option(
     "--eval-examples", type=int, default=100, show_default=True, help="Test examples per task."
 )

@@ -25,7 +25,7 @@ from ..model import base_identity, load
 from ..nano import SOURCE as NANO_SOURCE
 from ..nano import ensure_nano_base
 from ..scoring import Method, adapter_method, base_method, evaluate_matrix
-from ..tasks import BUILTIN_TASKS, get_task, load_examples
+from ..tasks import BUILTIN_TASKS, load_examples, resolve_task
 from ..tasks.natural import natural_examples
 from ..train import train_adapter
 from ..train.recipe import HUB, NANO, builtin_recipe
@@ -47,7 +47,9 @@ class DemoConfig:
     out: Path = Path("runs/demo")
     model: str | None = None  # None: the nano base (built and cached on first use)
     data: str = "synthetic"  # synthetic | hub | a directory of local files
-    tasks: list[str] = field(default_factory=lambda: [t.name for t in BUILTIN_TASKS])
+    tasks: list[str] = field(
+        default_factory=lambda: [t.name for t in BUILTIN_TASKS]
+    )  # or yaml paths
     eval_examples: int = 100
     train_examples: int | None = None  # None: from the recipe
     iters: int | None = None  # None: from the recipe
@@ -85,7 +87,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the pipeline and write report.md, results.json, plots and adapters to `cfg.out`."""
     out = Path(cfg.out)
     output_path(out, cfg.overwrite)  # before the base build and the training runs
-    tasks = [get_task(t) for t in cfg.tasks]
+    tasks = [resolve_task(t) for t in cfg.tasks]  # a registered name or a task yaml
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
