@@ -361,7 +361,8 @@ def test_registry_kinds_and_the_demo_line_up():
         assert (m.combine is not None) == (m.kind != "exact"), name
         assert m.weights is None or m.kind == "exact", name
     assert METHODS["weighted"] is METHODS["linear"]
-    assert {f"factor_{n}" for n, m in METHODS.items() if m.kind == "dense"} < set(METHODS)
+    twins = {f"factor_{n}" for n, m in METHODS.items() if m.peft.endswith("_svd")}
+    assert twins < set(METHODS) and len(twins) == 4
     assert MERGES == (
         ("merge:linear", "linear", {"weights": "mean"}),
         ("merge:task_arithmetic", "task_arithmetic", {}),

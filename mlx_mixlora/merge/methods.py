@@ -11,13 +11,18 @@ A method is a kind plus, where the kind leaves a choice, one small function:
   a randomized SVD turns the result back into a low-rank adapter.
 - ``factor`` — PEFT's factor space: the Aᵢ and the Bᵢ each go through `combine`
   with weights √|wᵢsᵢ| (the sign on A), as PEFT's `add_weighted_adapter` does;
-  not ΔW-exact, kept for PEFT's numbers. Every dense method has a `factor_` twin.
+  not ΔW-exact, kept for PEFT's numbers: every dense method PEFT also has
+  (``peft="<type>_svd"``) gets a ``factor_<name>`` twin.
 
 `needs` names the options a method cannot run without, `reads` the ones it alone
 reads (recorded in the merged adapter's config); `demo` gives the options the demo
 merges with (weights: absent = 1 each, "mean" = 1/n each, None = not given).
 This module imports no MLX (a method that needs `mx` imports it inside its
 function), so `mixlora --help` lists the methods without loading MLX.
+
+Adding a method: its function (if its kind needs one) and one `Method` row in
+`_TABLE` here, plus a test against a NumPy reference in tests/test_merge_methods.py.
+The CLI's --method choices and help table, and the demo (with `demo=`), follow.
 """
 
 from __future__ import annotations
@@ -134,7 +139,8 @@ _TABLE = (
 _FACTOR_TWINS = (
     Method("factor_linear", "factor", "PEFT's factor-space linear", weighted_sum, peft="linear"),
     *(replace(m, name=f"factor_{m.name}", kind="factor", math=f"PEFT's factor-space {m.name}",
-              peft=m.name, demo=None) for m in _TABLE if m.kind == "dense"),
+              peft=m.peft.removesuffix("_svd"), demo=None)
+      for m in _TABLE if m.kind == "dense" and m.peft.endswith("_svd")),
 )  # fmt: skip
 # name -> method; "weighted" is linear under another name (the result records "linear")
 METHODS: dict[str, Method] = {
