@@ -152,16 +152,6 @@ def test_magnitude_prune_matches_reference(three):
         assert_close(res.deltas[p], np_weighted(ds, [ws[i] for i in present], 0.3))
 
 
-def test_max_magnitude_keeps_the_largest_weighted_entry(three):
-    ws = [1.0, -0.5, 2.0]
-    res = merge_adapters(three, "max_magnitude", weights=ws, output="deltas")
-    for p in _all_paths(three):
-        ds, present = _ds(three, p)
-        wd = np.stack([ws[i] * d for i, d in zip(present, ds, strict=True)])
-        ref = np.take_along_axis(wd, np.abs(wd).argmax(0)[None], 0)[0]
-        assert_close(res.deltas[p], ref)
-
-
 def _mask_fn(key, i, shape):
     return mx.array(np_mask(key, i, shape))
 

@@ -60,15 +60,6 @@ def magnitude_prune(s: Stack, o: MergeOptions) -> Any:
     return s.merge(o, trim=True)
 
 
-def max_magnitude(s: Stack, o: MergeOptions) -> Any:
-    """Per entry, the weighted delta of largest magnitude (no averaging, no sign vote)."""
-    import mlx.core as mx
-
-    wd = s.d * mx.array(s.w, dtype=s.d.dtype).reshape((-1,) + (1,) * (s.d.ndim - 1))
-    pick = mx.argmax(mx.abs(wd), axis=0, keepdims=True)
-    return mx.take_along_axis(wd, pick, axis=0)[0]
-
-
 def times_lam(w: list[float], o: MergeOptions) -> list[float]:
     return [o.lam * x for x in w]
 
@@ -144,8 +135,6 @@ _TABLE = (
            demo={"drop": 0.5}),
     Method("magnitude_prune", "dense", "trim each ΔWᵢ, then Σ wᵢ", combine=magnitude_prune,
            needs=("density",), peft="magnitude_prune_svd"),
-    Method("max_magnitude", "dense", "per entry, the wᵢ·ΔWᵢ of largest |value|",
-           combine=max_magnitude),
 )  # fmt: skip
 _FACTOR_TWINS = (
     Method("factor_linear", "factor", "PEFT's factor-space linear", weighted_sum, peft="linear"),
