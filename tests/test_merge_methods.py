@@ -352,6 +352,16 @@ def test_metal_kernel_matches_compiled(elect):
     assert_close(a, np.array(b))
 
 
+def test_result_records_only_the_options_its_method_reads(three):
+    assert merge_adapters(three, "linear", lam=0.5).info["lam"] is None
+    assert merge_adapters(three, "task_arithmetic", lam=0.5).config.extra["merge"]["lam"] == 0.5
+    ties = merge_adapters(three, "ties", density=0.5, majority_sign="frequency")
+    assert ties.config.extra["merge"]["majority_sign"] == "frequency"
+    prune = merge_adapters(three, "magnitude_prune", density=0.5, majority_sign="frequency")
+    assert "majority_sign" not in prune.config.extra["merge"]
+    assert prune.config.extra["merge"]["density"] == 0.5
+
+
 def test_registry_kinds_and_the_demo_line_up():
     """Every method is complete for its kind; the demo merges the table's `demo` rows, in order."""
     from mlx_mixlora.demo.pipeline import MERGES
