@@ -46,19 +46,16 @@ from importlib import import_module
 # name -> module that defines it. Loaded on first use (PEP 562): `mixlora --help`
 # reads the method table without importing MLX and NumPy (~0.3 s of its start-up).
 _API = {
-    "METHODS": ".methods",
-    "Method": ".methods",
-    "MergeOptions": ".options",
-    "MergeResult": ".engine",
-    "check_compatible": ".engine",
-    "merge_adapters": ".engine",
-    "merge_into_base": ".into_base",
-    "even_split": ".layers",
-    "parse_layer_ranges": ".layers",
-    "parse_layer_weights": ".layers",
-    "parse_weights": ".layers",
-    "fuse_deltas": "..fuse",
-    "restore": "..fuse",
+    name: module
+    for module, names in (
+        (".methods", "METHODS Method"),
+        (".options", "MergeOptions"),
+        (".engine", "MergeResult check_compatible merge_adapters"),
+        (".into_base", "merge_into_base"),
+        (".layers", "even_split parse_layer_ranges parse_layer_weights parse_weights"),
+        ("..fuse", "fuse_deltas restore"),
+    )
+    for name in names.split()
 }
 __all__ = sorted(_API)
 
