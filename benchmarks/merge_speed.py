@@ -479,7 +479,9 @@ def main() -> None:
     from mlx_mixlora.adapter_format import save_adapter
 
     adapter_root = Path(tempfile.mkdtemp(prefix="merge_bench_adapters_", dir=args.tmp))
-    args.adapter_dirs = [str(save_adapter(adapter_root / c.name, c, w)) for c, w in ours]
+    args.adapter_dirs = [
+        str(save_adapter(adapter_root / a.name, a.config, a.weights)) for a in ours
+    ]
     rows = bench_merges(model, ours, args)
     into = None
     if not args.skip_into_base:
