@@ -79,7 +79,7 @@ def build(args):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mlx_mixlora.adapter_format import AdapterConfig
+    from mlx_mixlora.adapter_format import Adapter, AdapterConfig
 
     torch.manual_seed(0)
     cfg = LlamaConfig(
@@ -112,7 +112,7 @@ def build(args):
                 w[f"{p}.lora_b"] = mx.array(mod.lora_B[name].weight.detach().numpy())
         mx.eval(w)
         ours.append(
-            (
+            Adapter(
                 AdapterConfig(
                     rank=args.rank,
                     alpha=2.0 * args.rank,
@@ -121,6 +121,7 @@ def build(args):
                     name=name,
                 ),
                 w,
+                name,
             )
         )
     return model, ours, cfg
@@ -207,9 +208,9 @@ def worker(spec: dict) -> dict:
     With torch loaded, its BLAS/OpenMP threads contend with MLX's on 2 cores and
     our randomized SVD ran ~7× slower; `mixlora merge` never loads torch.
     """
-    from mlx_mixlora.adapter_format import load_adapter
+    from mlx_mixlora.adapter_format import read_adapter
 
-    ours = [load_adapter(d) for d in spec["adapters"]]
+    ours = [read_adapter(d) for d in spec["adapters"]]
     if spec.get("model_dir"):
         return into_base_timings(ours, spec)
     cold, warm, cpu = time_ours(ours, spec["method"], spec["kw"], spec["repeats"])
@@ -317,7 +318,7 @@ def into_base_timings(ours, spec) -> dict:
     header = check_safetensors_header(shard)
     with open(shard, "rb") as f:
         data_start = 8 + int.from_bytes(f.read(8), "little")
-    keys = [f"{p}.weight" for p in ours[0][0].module_paths()]
+    keys = [f"{p}.weight" for p in ours[0].module_paths()]
 
     def pass_affected():
         out = work / "pass.bin"
@@ -478,7 +479,9 @@ def main() -> None:
     from mlx_mixlora.adapter_format import save_adapter
 
     adapter_root = Path(tempfile.mkdtemp(prefix="merge_bench_adapters_", dir=args.tmp))
-    args.adapter_dirs = [str(save_adapter(adapter_root / c.name, c, w)) for c, w in ours]
+    args.adapter_dirs = [
+        str(save_adapter(adapter_root / a.name, a.config, a.weights)) for a in ours
+    ]
     rows = bench_merges(model, ours, args)
     into = None
     if not args.skip_into_base:

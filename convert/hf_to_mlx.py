@@ -19,7 +19,14 @@ from pathlib import Path
 
 from ..errors import MixloraError
 from ..identity import source_fingerprint
-from ..io import PICKLE_SUFFIXES, atomic_dir, check_safetensors_header, read_json, write_json
+from ..io import (
+    PICKLE_SUFFIXES,
+    atomic_dir,
+    check_safetensors_header,
+    output_path,
+    read_json,
+    write_json,
+)
 from ..validate import inside, model_config
 from .hub import resolve_source
 from .llama_config import normalize_llama_config
@@ -176,11 +183,8 @@ def convert_hf_to_mlx(src: str, dst: str | Path, opts: ConvertOptions | None = N
     dtype = default_dtype() if opts.dtype == "auto" else opts.dtype
     if dtype not in DTYPES:
         raise MixloraError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    output_path(dst, opts.overwrite)  # refuse before a download or a conversion, not after
     dst = Path(dst)
-    if dst.exists() and not opts.overwrite:
-        raise MixloraError(
-            f"output path {dst} already exists (choose another path or pass --overwrite)"
-        )
     local = resolve_source(src, revision=opts.revision)
     config = _check_config(local)
     weights = _load_weights(_weight_files(local))

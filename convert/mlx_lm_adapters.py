@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..adapter_format import TARGET_PARENT, module_path, save_adapter
+from ..adapter_format import save_adapter
 from ..errors import MixloraError
-from ..io import check_safetensors_header, read_json
+from ..io import read_json
 from ..validate import number
-from .peft import assemble_adapter, check_shapes_against_base
+from .peft import assemble_adapter, check_shapes_against_base, read_lora_pairs
 
 _KEY = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.([a-z_]+)\.lora_([ab])$")
 
@@ -27,8 +27,6 @@ def import_mlx_lm(
     overwrite=False,
 ) -> Path:
     """Convert an mlx-lm `lora` adapter dir (adapters.safetensors + adapter_config.json)."""
-    import mlx.core as mx
-
     adapter_dir = Path(adapter_dir)
     raw = read_json(adapter_dir / "adapter_config.json", what="mlx-lm adapter config")
     kind = raw.get("fine_tune_type", "lora")
@@ -43,22 +41,7 @@ def import_mlx_lm(
     wfile = adapter_dir / "adapters.safetensors"
     if not wfile.is_file():
         raise MixloraError(f"{adapter_dir}: missing adapters.safetensors")
-    header = check_safetensors_header(wfile)
-    found: dict[str, dict[str, str]] = {}
-    for key in header:
-        if key == "__metadata__":
-            continue
-        m = _KEY.match(key)
-        if not m or TARGET_PARENT.get(m.group(3)) != m.group(2):
-            raise MixloraError(f"{wfile}: tensor {key!r} matches no adaptable Llama module")
-        found.setdefault(module_path(int(m.group(1)), m.group(3)), {})[m.group(4)] = key
-    if not found:
-        raise MixloraError(f"{wfile}: no LoRA tensors found")
-    tensors = mx.load(str(wfile))
-    try:
-        pairs = {p: (tensors[ab["a"]].T, tensors[ab["b"]].T) for p, ab in found.items()}
-    except KeyError:
-        raise MixloraError(f"{wfile}: a module has only one of lora_a / lora_b") from None
+    pairs = {p: (a.T, b.T) for p, (a, b) in read_lora_pairs(wfile, _KEY, "a", "b").items()}
     rank = int(next(iter(pairs.values()))[0].shape[0])
     alpha = float(params["scale"]) * rank
     cfg, weights = assemble_adapter(

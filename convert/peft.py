@@ -14,16 +14,20 @@ import re
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
 from ..adapter_format import (
     TARGET_PARENT,
     AdapterConfig,
     check_against_base,
-    load_adapter,
     module_path,
+    read_adapter,
     save_adapter,
 )
 from ..errors import MixloraError
 from ..io import atomic_dir, check_safetensors_header, read_json, refuse_pickle, write_json
+from ..model import base_identity, load_model
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
@@ -78,11 +82,10 @@ def export_peft(
     overwrite: bool = False,
 ) -> Path:
     """Write `adapter_model.safetensors` + `adapter_config.json` that `PeftModel.from_pretrained` loads."""
-    import mlx.core as mx
-
-    cfg, weights = load_adapter(adapter_dir)
+    adapter = read_adapter(adapter_dir)
+    cfg, weights = adapter.config, adapter.weights
     tensors = {}
-    for p in cfg.module_paths():
+    for p in adapter.module_paths():
         tensors[f"{PREFIX}{p}.lora_A.weight"] = weights[f"{p}.lora_a"].astype(mx.float32)
         tensors[f"{PREFIX}{p}.lora_B.weight"] = weights[f"{p}.lora_b"].astype(mx.float32)
     base = base_model_id or cfg.base_model.get("name_or_path")
@@ -163,8 +166,6 @@ def import_peft(
     overwrite: bool = False,
 ) -> Path:
     """Convert a PEFT LoRA directory into our adapter format (validated, optionally against a base)."""
-    import mlx.core as mx
-
     peft_dir = Path(peft_dir)
     if not peft_dir.is_dir():
         raise MixloraError(f"PEFT adapter directory not found: {peft_dir}")
@@ -176,27 +177,7 @@ def import_peft(
         if pickles:
             refuse_pickle(peft_dir / pickles[0])
         raise MixloraError(f"{peft_dir}: missing {PEFT_WEIGHTS}")
-    header = check_safetensors_header(wfile)
-    modules: dict[str, dict[str, str]] = {}
-    for key in header:
-        if key == "__metadata__":
-            continue
-        m = _PEFT_KEY.match(key)
-        if not m or m.group(3) not in TARGET_PARENT or TARGET_PARENT[m.group(3)] != m.group(2):
-            raise MixloraError(f"{wfile}: tensor {key!r} matches no adaptable Llama module")
-        path = module_path(int(m.group(1)), m.group(3))
-        modules.setdefault(path, {})[m.group(4)] = key
-    if not modules:
-        raise MixloraError(f"{wfile}: no LoRA tensors found")
-    incomplete = sorted(p for p, ab in modules.items() if set(ab) != {"A", "B"})
-    if incomplete:
-        raise MixloraError(f"{wfile}: {incomplete[0]} has only one of lora_A / lora_B")
-
-    try:
-        tensors = mx.load(str(wfile))
-    except Exception as e:  # corrupt data surfaces from mx.load as RuntimeError/ValueError
-        raise MixloraError(f"{wfile} could not be read: {e}") from None
-    pairs = {p: (tensors[ab["A"]], tensors[ab["B"]]) for p, ab in modules.items()}
+    pairs = read_lora_pairs(wfile, _PEFT_KEY, "A", "B")
     rank, alpha = int(raw["r"]), float(raw["lora_alpha"])
     cfg, weights = assemble_adapter(
         pairs,
@@ -217,12 +198,39 @@ def import_peft(
     return save_adapter(out, cfg, weights, overwrite=overwrite)
 
 
+def read_lora_pairs(
+    wfile: Path, key_re: re.Pattern, a: str, b: str
+) -> dict[str, tuple[mx.array, mx.array]]:
+    """{module path: (A, B)} from a safetensors file of LoRA tensors, as stored.
+
+    `key_re` parses a tensor name into (layer, parent, target, letter); the
+    letters `a`/`b` name A and B. Every tensor must be one of an adaptable Llama
+    module's pair, and every module must have both.
+    """
+    modules: dict[str, dict[str, str]] = {}
+    for key in check_safetensors_header(wfile):
+        if key == "__metadata__":
+            continue
+        m = key_re.match(key)
+        if not m or TARGET_PARENT.get(m.group(3)) != m.group(2):
+            raise MixloraError(f"{wfile}: tensor {key!r} matches no adaptable Llama module")
+        modules.setdefault(module_path(int(m.group(1)), m.group(3)), {})[m.group(4)] = key
+    if not modules:
+        raise MixloraError(f"{wfile}: no LoRA tensors found")
+    incomplete = sorted(p for p, ab in modules.items() if set(ab) != {a, b})
+    if incomplete:
+        raise MixloraError(f"{wfile}: {incomplete[0]} has only one of lora_{a} / lora_{b}")
+    try:
+        tensors = mx.load(str(wfile))
+    except Exception as e:  # corrupt data surfaces from mx.load as RuntimeError/ValueError
+        raise MixloraError(f"{wfile} could not be read: {e}") from None
+    return {p: (tensors[ab[a]], tensors[ab[b]]) for p, ab in modules.items()}
+
+
 def assemble_adapter(
     pairs: dict, rank: int, alpha: float, use_rslora: bool, rank_of, alpha_of, source: str
 ):
     """Build (AdapterConfig, weights) from {module path: (A [r,in], B [out,r])}, checking grid and ranks."""
-    import mlx.core as mx
-
     layers = sorted({int(p.split(".")[2]) for p in pairs})
     targets = sorted({p.rsplit(".", 1)[1] for p in pairs}, key=list(TARGET_PARENT).index)
     grid = {module_path(i, t) for i in layers for t in targets}
@@ -261,10 +269,6 @@ def assemble_adapter(
 
 def check_shapes_against_base(cfg: AdapterConfig, weights: dict, model_dir: str | Path) -> None:
     """Every A must match the base layer's input size and every B its output size."""
-    from mlx.utils import tree_flatten
-
-    from ..model import base_identity, load_model
-
     ident = base_identity(model_dir)
     check_against_base(
         cfg, weights, {k: v for k, v in ident.items() if k != "fingerprint"}, str(model_dir)

@@ -1,8 +1,9 @@
 """Export an MLX model dir, optionally with an adapter fused in, as a Transformers checkpoint.
 
 For users who want no PEFT at all: the result loads with
-`AutoModelForCausalLM.from_pretrained`. The adapter's ΔW = s·B·A is added to
-each adapted weight in float32 and cast back; quantized bases are dequantized.
+`AutoModelForCausalLM.from_pretrained`. The adapter's s·B·A is fused into each
+adapted weight by `fuse.fused_weight` (one addmm in float32, cast back);
+quantized bases are dequantized.
 """
 
 from __future__ import annotations
@@ -10,16 +11,18 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ..adapter_format import check_against_base, load_adapter
+import mlx.core as mx
+
+from ..adapter_format import read_adapter
 from ..errors import MixloraError
+from ..fuse import check_update_shape, fused_weight
 from ..io import atomic_dir, write_json
+from ..model import _require_model_dir, base_identity
 from .hf_to_mlx import TOKENIZER_FILES
 from .llama_config import normalize_llama_config
 
 
 def _dequantize(weights: dict, config: dict) -> dict:
-    import mlx.core as mx
-
     q = config.get("quantization")
     if not q:
         return weights
@@ -51,10 +54,6 @@ def export_hf(
     A Llama config is written in transformers 4.x's form (top-level rope_theta and
     rope_scaling with both `type` and `rope_type`), which 4.x and 5.x read alike.
     """
-    import mlx.core as mx
-
-    from ..model import _require_model_dir, base_identity
-
     model_dir, config = _require_model_dir(model_dir)
     weights = {}
     for f in sorted(model_dir.glob("*.safetensors")):
@@ -62,18 +61,14 @@ def export_hf(
     weights = _dequantize(weights, config)
     dtype = next(v.dtype for k, v in weights.items() if k.endswith("embed_tokens.weight"))
     if adapter_dir is not None:
-        cfg, lora = load_adapter(adapter_dir)
-        check_against_base(cfg, lora, base_identity(model_dir), str(adapter_dir))
-        for p in cfg.module_paths():
+        adapter = read_adapter(adapter_dir, base=base_identity(model_dir))
+        for p in adapter.module_paths():
             key = f"{p}.weight"
             if key not in weights:
                 raise MixloraError(f"{model_dir}: base model has no weight {key}")
-            delta = cfg.scale_of(p) * (lora[f"{p}.lora_b"] @ lora[f"{p}.lora_a"])
-            if delta.shape != weights[key].shape:
-                raise MixloraError(
-                    f"{p}: adapter ΔW {list(delta.shape)} does not fit the base weight {list(weights[key].shape)}"
-                )
-            weights[key] = (weights[key].astype(mx.float32) + delta).astype(weights[key].dtype)
+            upd = adapter.factors(p)
+            check_update_shape(weights[key].shape, upd, p)
+            weights[key] = fused_weight(weights[key], upd)
     tied = config.get("tie_word_embeddings", True)  # mlx-lm's default, unlike transformers'
     if tied:
         weights.pop("lm_head.weight", None)

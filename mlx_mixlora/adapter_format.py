@@ -316,10 +316,15 @@ class Adapter:
     def module_paths(self) -> list[str]:
         return self.config.module_paths()
 
-    def factors(self, path: str, weight: float = 1.0) -> tuple[Any, Any]:
-        """(w·s·B, A) for one module, so that w·ΔW = B'·A."""
+    def factors(self, path: str, weight: float = 1.0, on: str = "b") -> tuple[Any, Any]:
+        """(w·s·B, A) for one module, so that w·ΔW = B'·A.
+
+        `on="a"` puts w·s on A instead — (B, w·s·A), PEFT's layout for `cat`,
+        which merge keeps so that a merged A is PEFT's A bit for bit.
+        """
         s = weight * self.config.scale_of(path)
-        return s * self.weights[f"{path}.lora_b"], self.weights[f"{path}.lora_a"]
+        b, a = self.weights[f"{path}.lora_b"], self.weights[f"{path}.lora_a"]
+        return (b, a * s) if on == "a" else (s * b, a)
 
     @property
     def task(self) -> str | None:

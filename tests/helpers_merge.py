@@ -10,7 +10,7 @@ import mlx_mixlora  # noqa: F401  (BLAS preload before mlx; conftest does it fir
 import mlx.core as mx
 import numpy as np
 
-from mlx_mixlora.adapter_format import AdapterConfig
+from mlx_mixlora.adapter_format import Adapter, AdapterConfig
 
 HIDDEN, KV = 64, 32
 DIMS = {
@@ -32,8 +32,8 @@ def make_adapter(
     rslora: bool = False,
     rank_pattern: dict | None = None,
     base: dict | None = None,
-) -> tuple[AdapterConfig, dict]:
-    """(config, weights) with non-zero random A and B (B is zero at init in training, not here)."""
+) -> Adapter:
+    """An `Adapter` with non-zero random A and B (B is zero at init in training, not here)."""
     rng = np.random.default_rng(seed)
     cfg = AdapterConfig(
         rank=rank,
@@ -52,11 +52,11 @@ def make_adapter(
         r = cfg.rank_of(p)
         w[f"{p}.lora_a"] = mx.array(rng.standard_normal((r, d_in)).astype(np.float32) * 0.3)
         w[f"{p}.lora_b"] = mx.array(rng.standard_normal((d_out, r)).astype(np.float32) * 0.3)
-    return cfg, w
+    return Adapter(cfg, w, name=name or "")
 
 
-def np_delta(adapter, path) -> np.ndarray:
-    cfg, w = adapter
+def np_delta(adapter: Adapter, path) -> np.ndarray:
+    cfg, w = adapter.config, adapter.weights
     return cfg.scale_of(path) * (
         np.array(w[f"{path}.lora_b"], dtype=np.float64)
         @ np.array(w[f"{path}.lora_a"], dtype=np.float64)

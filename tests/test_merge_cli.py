@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 from click.testing import CliRunner
@@ -11,6 +13,7 @@ from test_merge_into_base import save_model_dir
 
 from mlx_mixlora.adapter_format import load_adapter, module_path, save_adapter
 from mlx_mixlora.cli import main
+from mlx_mixlora.merge import METHODS
 from mlx_mixlora.model import base_identity, load_model
 
 Q0 = module_path(0, "q_proj")
@@ -23,9 +26,9 @@ def _save(tmp_path, base=None):
         make_adapter(3, name="sum", targets=("q_proj",), base=base),
     ]
     dirs = []
-    for cfg, w in ads:
-        save_adapter(tmp_path / cfg.name, cfg, w)
-        dirs.append(str(tmp_path / cfg.name))
+    for ad in ads:
+        save_adapter(tmp_path / ad.name, ad.config, ad.weights)
+        dirs.append(str(tmp_path / ad.name))
     return ads, dirs
 
 
@@ -134,7 +137,7 @@ def test_cli_into_base(tmp_path):
 def test_cli_errors_are_one_line_and_write_nothing(tmp_path):
     _, dirs = _save(tmp_path)
     other = make_adapter(9, name="other", base={"hidden_size": 128})
-    save_adapter(tmp_path / "other", *other)
+    save_adapter(tmp_path / "other", other.config, other.weights)
     cases = [
         (["-m", "ties"], "needs a density"),
         (["-m", "linear", str(tmp_path / "other")], "different base"),
@@ -152,3 +155,16 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path):
         main, ["merge", str(tmp_path / "missing"), "-m", "linear", "-o", str(tmp_path / "x")]
     )
     assert r.exit_code == 1 and "not found" in r.output
+
+
+def test_help_lists_every_method_without_loading_mlx():
+    """`mixlora --help` builds every command: the method table must come without MLX or NumPy."""
+    code = "import sys, mlx_mixlora.cli.merge_cmd as m; print([x for x in ('mlx.core', 'numpy') if x in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    r = CliRunner().invoke(main, ["merge", "--help"])
+    assert r.exit_code == 0, r.output
+    for name, m in METHODS.items():
+        assert name in r.output  # a --method choice
+        if name == m.name:  # and a line of the method table (aliases only as a choice)
+            assert any(line.split()[:2] == [name, m.kind] for line in r.output.splitlines())

@@ -17,8 +17,8 @@ from helpers_merge import (
 
 from mlx_mixlora.adapter_format import module_path
 from mlx_mixlora.errors import MixloraError
-from mlx_mixlora.merge import merge_adapters
-from mlx_mixlora.merge.kernels import combine, topk_mask
+from mlx_mixlora.merge import METHODS, merge_adapters
+from mlx_mixlora.merge.kernels import merge_slices, trim_thresholds, zero_entries
 
 Q0 = module_path(0, "q_proj")
 
@@ -37,12 +37,12 @@ def three():
 
 def _ds(adapters, path):
     """Per-adapter reference deltas of `path` and the indices of adapters that have it."""
-    present = [i for i, (c, _) in enumerate(adapters) if path in c.module_paths()]
+    present = [i for i, a in enumerate(adapters) if path in a.module_paths()]
     return [np_delta(adapters[i], path) for i in present], present
 
 
 def _all_paths(adapters):
-    return sorted({p for c, _ in adapters for p in c.module_paths()})
+    return sorted({p for a in adapters for p in a.module_paths()})
 
 
 def test_linear_is_exact_concatenation(three):
@@ -53,7 +53,9 @@ def test_linear_is_exact_concatenation(three):
         ref = sum(ws[i] * d for i, d in zip(present, ds, strict=True))
         assert_close(res.delta(p), ref)
         # exact at rank Σr of the adapters present there
-        assert res.weights[f"{p}.lora_a"].shape[0] == sum(three[i][0].rank_of(p) for i in present)
+        assert res.weights[f"{p}.lora_a"].shape[0] == sum(
+            three[i].config.rank_of(p) for i in present
+        )
     assert res.rel_error == 0.0
     # a module in targets × layers that no adapter has (k_proj is only in "qa", o_proj only in "sum")
     assert set(res.config.module_paths()) == {k.rsplit(".", 1)[0] for k in res.weights}
@@ -126,10 +128,10 @@ def test_trim_with_many_exact_ties_matches_reference(method):
     rng = np.random.default_rng(5)
     ads = []
     for seed in range(3):
-        cfg, w = make_adapter(seed, targets=("q_proj",))
-        for key in w:
-            w[key] = mx.array(rng.choice([-1.0, 1.0], size=w[key].shape).astype(np.float32))
-        ads.append((cfg, w))
+        ad = make_adapter(seed, targets=("q_proj",))
+        for key, v in ad.weights.items():
+            ad.weights[key] = mx.array(rng.choice([-1.0, 1.0], size=v.shape).astype(np.float32))
+        ads.append(ad)
     kw = {"drop": 0.4, "mask_fn": _mask_fn} if method == "dare_ties" else {}
     res = merge_adapters(ads, method, density=0.3, output="deltas", weights=[1, 2, 3], **kw)
     ds, _ = _ds(ads, Q0)
@@ -220,19 +222,23 @@ def test_dense_default_rank_is_sum_of_ranks(three):
 
 def _factor_ref(adapters, p, ws, fn):
     """PEFT's factor space: A's combined with √|w·s|·sign, B's with √|w·s|."""
-    present = [i for i, (c, _) in enumerate(adapters) if p in c.module_paths()]
-    sc = [ws[i] * adapters[i][0].scale_of(p) for i in present]
+    present = [i for i, a in enumerate(adapters) if p in a.module_paths()]
+    sc = [ws[i] * adapters[i].config.scale_of(p) for i in present]
     wa = [np.sqrt(abs(x)) * np.sign(x) for x in sc]
     wb = [np.sqrt(abs(x)) for x in sc]
-    a = fn([np.array(adapters[i][1][f"{p}.lora_a"], np.float64) for i in present], wa, ".lora_a")
-    b = fn([np.array(adapters[i][1][f"{p}.lora_b"], np.float64) for i in present], wb, ".lora_b")
+    a = fn(
+        [np.array(adapters[i].weights[f"{p}.lora_a"], np.float64) for i in present], wa, ".lora_a"
+    )
+    b = fn(
+        [np.array(adapters[i].weights[f"{p}.lora_b"], np.float64) for i in present], wb, ".lora_b"
+    )
     return b @ a
 
 
 @pytest.mark.parametrize("method", ["factor_linear", "factor_ties", "factor_magnitude_prune"])
 def test_factor_space_matches_reference(method):
     ads = [make_adapter(s, rank=4, targets=("q_proj", "v_proj")) for s in (11, 12, 13)]
-    ads[2][0].alpha = 2.0
+    ads[2].config.alpha = 2.0
     ws = [0.5, 1.5, -0.7]
     kw = {} if method == "factor_linear" else {"density": 0.5}
     res = merge_adapters(ads, method, weights=ws, **kw)
@@ -244,6 +250,19 @@ def test_factor_space_matches_reference(method):
     for p in _all_paths(ads):
         assert_close(res.delta(p), _factor_ref(ads, p, ws, fn))
     assert res.config.rank == 4
+
+
+def topk_mask(d: mx.array, density: float, select: str) -> mx.array:
+    """What trim keeps: |d| >= each slice's threshold, less the ties beyond the quota."""
+    thr, excess = trim_thresholds(d, density, select)
+    t = mx.array(thr).reshape((d.shape[0],) + (1,) * (d.ndim - 1))
+    return zero_entries(mx.where(mx.abs(d) >= t, 1.0, 0.0), excess) != 0
+
+
+def combine(d, keep, w, elect, scale=1.0, kernel="compiled"):
+    """`merge_slices` with a keep-mask, given as DARE-style draws (kept: 0 < 1)."""
+    draws = mx.where(mx.array(keep), 0.0, 1.0)
+    return merge_slices(mx.array(d), w, elect, None, scale, kernel, uniform=draws, keep_below=1.0)
 
 
 def test_topk_mask_exact_count_with_ties_and_both_selectors():
@@ -262,9 +281,9 @@ def test_combine_compiled_matches_reference_with_zero_and_negative_weights():
     d = rng.standard_normal((4, 30, 20)).astype(np.float32)
     keep = rng.random(d.shape) < 0.5
     w = [0.5, -1.0, 0.0, 2.0]
-    got = combine(mx.array(d), mx.array(keep), mx.array(w), "total", scale=2.0, kernel="compiled")
+    got = combine(d, keep, w, "total", scale=2.0, kernel="compiled")
     assert_close(got, np_ties(list(d), w, keep=keep, scale=2.0))
-    got = combine(mx.array(d), mx.array(keep), mx.array(w), None, kernel="compiled")
+    got = combine(d, keep, w, None, kernel="compiled")
     assert_close(got, np_weighted(list(d), w, keep=keep))
 
 
@@ -302,8 +321,8 @@ def test_bad_options_raise_one_clear_error(three, kwargs, msg):
 
 def test_adapters_for_different_bases_are_refused():
     a = make_adapter(1)
-    b = make_adapter(2, base={**make_adapter(2)[0].base_model, "fingerprint": "beef"})
-    a[0].base_model["fingerprint"] = "cafe"
+    b = make_adapter(2, base={**make_adapter(2).config.base_model, "fingerprint": "beef"})
+    a.config.base_model["fingerprint"] = "cafe"
     with pytest.raises(MixloraError, match="different base"):
         merge_adapters([a, b], "linear")
     c = make_adapter(3, base={"hidden_size": 128, "num_hidden_layers": 2})
@@ -314,7 +333,7 @@ def test_adapters_for_different_bases_are_refused():
 def test_shape_mismatch_is_refused():
     a = make_adapter(1)
     b = make_adapter(2)
-    b[1][f"{Q0}.lora_a"] = mx.zeros((4, 32))
+    b.weights[f"{Q0}.lora_a"] = mx.zeros((4, 32))
     with pytest.raises(MixloraError, match="different bases"):
         merge_adapters([a, b], "linear")
 
@@ -327,7 +346,37 @@ def test_metal_kernel_matches_compiled(elect):
     rng = np.random.default_rng(2)
     d = mx.array(rng.standard_normal((3, 64, 96)).astype(np.float32))
     keep = mx.array(rng.random((3, 64, 96)) < 0.4)
-    w = mx.array([0.5, -1.0, 2.0])
+    w = [0.5, -1.0, 2.0]
     a = combine(d, keep, w, elect, kernel="metal")
     b = combine(d, keep, w, elect, kernel="compiled")
     assert_close(a, np.array(b))
+
+
+def test_result_records_only_the_options_its_method_reads(three):
+    assert merge_adapters(three, "linear", lam=0.5).info["lam"] is None
+    assert merge_adapters(three, "task_arithmetic", lam=0.5).config.extra["merge"]["lam"] == 0.5
+    ties = merge_adapters(three, "ties", density=0.5, majority_sign="frequency")
+    assert ties.config.extra["merge"]["majority_sign"] == "frequency"
+    prune = merge_adapters(three, "magnitude_prune", density=0.5, majority_sign="frequency")
+    assert "majority_sign" not in prune.config.extra["merge"]
+    assert prune.config.extra["merge"]["density"] == 0.5
+
+
+def test_registry_kinds_and_the_demo_line_up():
+    """Every method is complete for its kind; the demo merges the table's `demo` rows, in order."""
+    from mlx_mixlora.demo.pipeline import MERGES
+
+    for name, m in METHODS.items():
+        assert m.kind in ("exact", "dense", "factor"), name
+        assert (m.combine is not None) == (m.kind != "exact"), name
+        assert m.weights is None or m.kind == "exact", name
+    assert METHODS["weighted"] is METHODS["linear"]
+    twins = {f"factor_{n}" for n, m in METHODS.items() if m.peft.endswith("_svd")}
+    assert twins < set(METHODS) and len(twins) == 4
+    assert MERGES == (
+        ("merge:linear", "linear", {"weights": "mean"}),
+        ("merge:task_arithmetic", "task_arithmetic", {}),
+        ("merge:layer_wise", "layer_wise", {"layer_ranges": "even", "weights": None}),
+        ("merge:ties", "ties", {"density": 0.2}),
+        ("merge:dare_ties", "dare_ties", {"drop": 0.5}),
+    )

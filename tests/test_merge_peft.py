@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from helpers_merge import assert_close, np_mask
 
-from mlx_mixlora.adapter_format import AdapterConfig
+from mlx_mixlora.adapter_format import Adapter, AdapterConfig
 from mlx_mixlora.merge import merge_adapters
 
 torch = pytest.importorskip("torch")
@@ -58,7 +58,7 @@ def _peft_model(rank=4, alphas=(8.0, 4.0, 16.0), targets=("q_proj", "v_proj")):
         cfg_ours = AdapterConfig(
             rank=rank, alpha=alpha, targets=list(targets), layers=[0, 1], name=name
         )
-        ours.append((cfg_ours, w))
+        ours.append(Adapter(cfg_ours, w, name))
     return model, ours
 
 

@@ -233,11 +233,11 @@ def _decode(spec: BenchSpec) -> list[dict]:
 
 
 def _merge(spec: BenchSpec) -> list[dict]:
-    from ..adapter_format import load_adapter
+    from ..adapter_format import read_adapter
     from ..merge import merge_adapters
 
     s = spec.sizes
-    ours = [load_adapter(d) for d in spec.adapters]
+    ours = [read_adapter(d) for d in spec.adapters]
     weights = MERGE_WEIGHTS[: len(ours)]
     rows = []
     for case, (method, kw, _) in MERGE_CASES.items():

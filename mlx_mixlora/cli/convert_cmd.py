@@ -25,7 +25,7 @@ from ..validate import COUNT
 @click.option("--q-group-size", default=64, show_default=True, type=COUNT)
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
-def convert(src, dst, dtype, quantize, q_bits, q_group_size, revision, overwrite) -> None:
+def convert(src, dst, **options) -> None:
     """Convert SRC (a local HF Llama dir or a hub id such as TinyLlama/TinyLlama-1.1B-Chat-v1.0).
 
     RoPE settings in any form transformers 4.x or 5.x wrote are rewritten into
@@ -36,14 +36,5 @@ def convert(src, dst, dtype, quantize, q_bits, q_group_size, revision, overwrite
     from ..convert.hf_to_mlx import describe
     from ..io import check_output
 
-    check_output(dst, overwrite, src)
-    opts = ConvertOptions(
-        dtype=dtype,
-        quantize=quantize,
-        q_bits=q_bits,
-        q_group_size=q_group_size,
-        revision=revision,
-        overwrite=overwrite,
-    )
-    out = convert_hf_to_mlx(src, dst, opts)
-    click.echo(describe(out))
+    check_output(dst, options["overwrite"], src)
+    click.echo(describe(convert_hf_to_mlx(src, dst, ConvertOptions(**options))))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..io import check_output
+
 
 @click.group("import")
 def import_() -> None:
@@ -32,12 +34,8 @@ def _common(f):
 def import_peft_cmd(peft_dir, out, model_dir, name, overwrite) -> None:
     """Import a PEFT LoRA directory (adapter_model.safetensors + adapter_config.json)."""
     from ..convert.peft import import_peft
-    from ..io import check_output
 
-    check_output(out, overwrite, peft_dir, model_dir)
-    click.echo(
-        f"wrote {import_peft(peft_dir, out, model_dir=model_dir, name=name, overwrite=overwrite)}"
-    )
+    _run(import_peft, peft_dir, out, model_dir, name, overwrite)
 
 
 @import_.command("mlx-lm")
@@ -46,9 +44,11 @@ def import_peft_cmd(peft_dir, out, model_dir, name, overwrite) -> None:
 def import_mlx_lm_cmd(adapter_dir, out, model_dir, name, overwrite) -> None:
     """Import an mlx-lm LoRA adapter directory."""
     from ..convert.mlx_lm_adapters import import_mlx_lm
-    from ..io import check_output
 
-    check_output(out, overwrite, adapter_dir, model_dir)
-    click.echo(
-        f"wrote {import_mlx_lm(adapter_dir, out, model_dir=model_dir, name=name, overwrite=overwrite)}"
-    )
+    _run(import_mlx_lm, adapter_dir, out, model_dir, name, overwrite)
+
+
+def _run(import_fn, src, out, model_dir, name, overwrite) -> None:
+    check_output(out, overwrite, src, model_dir)
+    written = import_fn(src, out, model_dir=model_dir, name=name, overwrite=overwrite)
+    click.echo(f"wrote {written}")

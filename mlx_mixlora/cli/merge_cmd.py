@@ -6,11 +6,11 @@ import json
 
 import click
 
-from ..merge.methods import METHODS
+from ..merge.methods import METHODS, describe_methods
 from ..validate import COUNT, FINITE, FRACTION, NON_NEGATIVE_INT, SEED
 
 
-@click.command()
+@click.command(epilog="\b\nMethods (kind, math):\n" + describe_methods())
 @click.argument("adapters", nargs=-1, required=True, type=click.Path())
 @click.option("--method", "-m", required=True, type=click.Choice(METHODS), help="Merge method.")
 @click.option("--weights", help="Comma-separated weight per adapter (default 1 each).")
@@ -48,60 +48,27 @@ from ..validate import COUNT, FINITE, FRACTION, NON_NEGATIVE_INT, SEED
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
-def merge(
-    adapters,
-    method,
-    weights,
-    lam,
-    density,
-    drop,
-    layer_ranges,
-    layer_weights,
-    rank,
-    seed,
-    majority_sign,
-    oversample,
-    power_iters,
-    name,
-    out,
-    into_base,
-    overwrite,
-    as_json,
-) -> None:
-    """Merge ADAPTER directories with --method into OUT (an adapter, or a model with --into-base)."""
+def merge(adapters, method, out, into_base, overwrite, as_json, **options) -> None:
+    """Merge ADAPTER directories with --method into OUT (an adapter, or a model with --into-base).
 
-    from ..adapter_format import load_adapter
+    The other options are `merge_adapters`' (`MergeOptions`), passed through by name.
+    """
+    from ..adapter_format import read_adapter
     from ..io import check_output
     from ..merge import merge_adapters, merge_into_base
-    from ..merge.methods import DENSE
 
     check_output(out, overwrite, *adapters, into_base)
-    loaded = [load_adapter(a) for a in adapters]
-    dense_into_base = into_base is not None and method in DENSE and rank is None
-    res = merge_adapters(
-        loaded,
-        method,
-        weights=weights,
-        lam=lam,
-        density=density,
-        drop=drop,
-        rank=rank,
-        seed=seed,
-        layer_ranges=layer_ranges,
-        layer_weights=layer_weights,
-        majority_sign=majority_sign,
-        output="deltas" if dense_into_base else "adapter",
-        oversample=oversample,
-        power_iters=power_iters,
-        name=name,
-    )
+    loaded = [read_adapter(a) for a in adapters]
+    dense_into_base = into_base is not None and METHODS[method].kind == "dense"
+    output = "deltas" if dense_into_base and options["rank"] is None else "adapter"
+    res = merge_adapters(loaded, method, output=output, **options)
     if into_base is not None:
         card = {"adapters": [str(a) for a in adapters], "merge": res.info}
         merge_into_base(
             into_base,
             res.updates(),
             out,
-            base_identity=loaded[0][0].base_model,
+            base_identity=loaded[0].config.base_model,
             card=card,
             overwrite=overwrite,
         )

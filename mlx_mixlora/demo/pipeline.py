@@ -17,10 +17,13 @@ from typing import Any
 import click
 
 from .. import __version__
+from ..adapter_format import read_adapter
 from ..cache import cache_root
 from ..convert import convert_hf_to_mlx
 from ..errors import MixloraError
 from ..io import atomic_dir, output_path, write_json
+from ..merge import merge_adapters
+from ..merge.methods import METHODS
 from ..model import base_identity, load
 from ..nano import SOURCE as NANO_SOURCE
 from ..nano import ensure_nano_base
@@ -32,13 +35,12 @@ from ..train.recipe import HUB, NANO, builtin_recipe
 from .plots import plot_heatmap, plot_retention
 from .report import render_report
 
-# The demo's merge line-up: (label, method, options). Equal weights throughout.
-MERGES: tuple[tuple[str, str, dict], ...] = (
-    ("merge:linear", "linear", {}),
-    ("merge:task_arithmetic", "task_arithmetic", {}),
-    ("merge:layer_wise", "layer_wise", {"layer_ranges": "even"}),
-    ("merge:ties", "ties", {"density": 0.2}),
-    ("merge:dare_ties", "dare_ties", {"drop": 0.5}),
+# The demo's merge line-up, (label, method, options): the methods `merge.METHODS` gives demo
+# options, in its order. Equal weights throughout (see `Method.demo` for "mean").
+MERGES: tuple[tuple[str, str, dict], ...] = tuple(
+    (f"merge:{name}", name, m.demo)
+    for name, m in METHODS.items()
+    if name == m.name and m.demo is not None
 )
 
 
@@ -189,19 +191,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 def _merge_methods(
     adapters: dict[str, Path], where: Path, identity: dict, cfg: DemoConfig, timings
 ) -> list[Method]:
-    from ..adapter_format import load_adapter
-    from ..merge import METHODS, merge_adapters
-
-    loaded = [load_adapter(p) for p in adapters.values()]
+    loaded = [read_adapter(p) for p in adapters.values()]
     n = len(loaded)
     methods = []
     for label, method, opts in MERGES:
-        if method not in METHODS:
-            continue
         kwargs = dict(opts)
-        kwargs.setdefault("weights", [1.0 / n] * n if method == "linear" else [1.0] * n)
-        if method == "layer_wise":
-            kwargs.pop("weights")
+        equal = kwargs.pop("weights", "ones")  # 1 each; "mean": 1/n each; None: none given
+        if equal is not None:
+            kwargs["weights"] = [1.0 / n if equal == "mean" else 1.0] * n
         t0 = time.perf_counter()
         res = merge_adapters(loaded, method, seed=cfg.seed, name=method, **kwargs)
         res.save(where / method)

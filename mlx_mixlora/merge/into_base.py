@@ -17,6 +17,8 @@ from ..errors import MixloraError
 from ..fuse import Update, check_update_shape, fused_weight
 from ..identity import check_same_base
 from ..io import atomic_dir, check_safetensors_header, write_json
+from ..model import _require_model_dir
+from ..model import base_identity as _identity
 from ..validate import finite_tensors
 
 
@@ -38,9 +40,6 @@ def merge_into_base(
     mixlora_merge.json records clone or copy per file. When `base_identity` (an
     adapter's recorded base) is given, a different base is refused.
     """
-    from ..model import _require_model_dir
-    from ..model import base_identity as _identity
-
     src, config = _require_model_dir(model_dir)
     if base_identity:
         mine = _identity(src)

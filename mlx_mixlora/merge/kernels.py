@@ -1,14 +1,18 @@
 """Elementwise merge kernels on stacked deltas `D[n, ...]` (one slice per adapter).
 
-- `trim_thresholds` / `topk_mask`: exact top-k by |value| per slice
+- `trim_thresholds` + `zero_entries`: exact top-k by |value| per slice
   (k = int(density·numel), as PEFT); ties at the threshold keep the lowest flat
   indices, so the result is unique. As thresholds, trimming fuses into the merge
   kernel as `|d| >= t` without a mask array.
+- `Stack`: what a dense or factor method (`methods.METHODS`) merges — one
+  module's slices and their weights — with `Stack.merge` (trim / DARE / elect).
 - `merge_slices`: `mx.compile`d elementwise kernels for trim → elect sign →
   weighted (disjoint) merge: one fused loop for weighted sums, two (majority
-  sign, then disjoint mean) for TIES; the tested default everywhere.
+  sign, then disjoint mean) for TIES; the default everywhere, Metal included.
 - `metal_elect_merge`: a hand-written `mx.fast.metal_kernel` for the elect/merge
-  step, used only when Metal exists (parity test runs there, skipped elsewhere).
+  step. Opt-in only (`kernel="metal"`): it has never run (no Mac here); it stays
+  off by default until a Mac benchmark shows it faster than the compiled path
+  and `test_metal_kernel_matches_compiled` has passed there.
 
 The k-th largest |value| is found with NumPy's introselect on a zero-copy view of
 the MLX buffer on the CPU backend (9× faster than `mx.partition` here), and with
@@ -18,6 +22,9 @@ the MLX buffer on the CPU backend (9× faster than `mx.partition` here), and wit
 from __future__ import annotations
 
 import functools
+import zlib
+from dataclasses import dataclass
+from typing import Any
 
 import mlx.core as mx
 import numpy as np
@@ -44,7 +51,7 @@ def trim_thresholds(
 
     |d[i]| >= thr[i] keeps exactly k entries once the entries at flat indices
     `excess[i]` are set to 0: those tie with thr[i] beyond the quota (float32
-    values do tie at 4M entries), and the lowest indices win, as in `topk_mask`.
+    values do tie at 4M entries), and the lowest indices win.
     """
     n = d.shape[0]
     numel = d.size // n
@@ -79,20 +86,6 @@ def zero_entries(d: mx.array, excess: dict[int, np.ndarray]) -> mx.array:
     idx = np.concatenate([i * numel + np.asarray(v, dtype=np.int64) for i, v in excess.items()])
     flat = d.reshape(-1)
     flat[mx.array(idx)] = 0.0
-    return flat.reshape(d.shape)
-
-
-def topk_mask(d: mx.array, density: float, select: str = "auto") -> mx.array:
-    """Boolean mask keeping exactly int(density·numel) largest-|x| entries of each slice d[i]."""
-    thr, excess = trim_thresholds(d, density, select)
-    t = mx.array(thr).reshape((d.shape[0],) + (1,) * (d.ndim - 1))
-    keep = mx.abs(d) >= t
-    if not excess:
-        return keep
-    numel = d.size // d.shape[0]
-    idx = np.concatenate([i * numel + np.asarray(v, dtype=np.int64) for i, v in excess.items()])
-    flat = keep.reshape(-1)
-    flat[mx.array(idx)] = False  # ties beyond the quota (zeros too, when t == 0)
     return flat.reshape(d.shape)
 
 
@@ -182,32 +175,29 @@ def merge_slices(
     w: list[float],
     elect: str | None,
     thr: list[float] | None = None,
-    keep: mx.array | None = None,
     scale: float = 1.0,
-    kernel: str = "auto",
+    kernel: str = "compiled",
     uniform: mx.array | None = None,
     keep_below: float = 1.0,
 ) -> mx.array:
     """Merge stacked deltas d[n, ...]: Σ wᵢ·kept(dᵢ), or TIES' elect + disjoint mean.
 
-    An entry of dᵢ is kept when |dᵢ| >= thr[i] (if `thr`), keep[i] (a bool mask,
-    if `keep`) and uniform[i] < keep_below (DARE's draws, if `uniform`); kept
-    entries are multiplied by `scale` (DARE's 1/(1-p), which never changes a sign).
-    `elect` is None (weighted sum), "total" (sign of the summed mass, PEFT's
-    default) or "frequency" (sign of the count).
+    An entry of dᵢ is kept when |dᵢ| >= thr[i] (if `thr`) and uniform[i] <
+    keep_below (DARE's draws, if `uniform`); kept entries are multiplied by
+    `scale` (DARE's 1/(1-p), which never changes a sign). `elect` is None
+    (weighted sum), "total" (sign of the summed mass, PEFT's default) or
+    "frequency" (sign of the count). `kernel="metal"` runs the elect/merge step
+    as the opt-in Metal kernel.
     """
     if elect not in (None, "total", "frequency"):
         raise MixloraError(f"unknown sign election {elect!r}; use total or frequency")
-    if kernel not in ("auto", "compiled", "metal"):
-        raise MixloraError(f"unknown kernel {kernel!r}; use auto, compiled or metal")
+    if kernel not in ("compiled", "metal"):
+        raise MixloraError(f"unknown kernel {kernel!r}; use compiled or metal")
     if kernel == "metal" and not metal_available():
         raise MixloraError("kernel 'metal' needs MLX with a Metal device")
     n = d.shape[0]
     u, q = uniform, keep_below
-    if keep is not None:  # fold a bool mask into the float draws: dropped -> 2.0 >= q
-        base = u if u is not None else mx.zeros(d.shape, dtype=mx.float32)
-        u, q = mx.where(keep, base, 2.0), (q if uniform is not None else 1.0)
-    if elect is not None and (kernel == "metal" or (kernel == "auto" and metal_available())):
+    if elect is not None and kernel == "metal":
         mask = mx.ones(d.shape, dtype=mx.bool_) if u is None else u < q
         if thr is not None:
             t = mx.array(thr).reshape((n,) + (1,) * (d.ndim - 1))
@@ -225,20 +215,6 @@ def merge_slices(
     cnt = fns[1](*ds, *ts, *ks)
     mx.eval(num, cnt)  # measured: evaluating both before the ratio keeps this at ~8 ms/12M
     return fns[2](num, cnt)
-
-
-def combine(
-    d: mx.array,
-    keep: mx.array | None,
-    w: mx.array,
-    elect: str | None,
-    scale: float = 1.0,
-    kernel: str = "auto",
-) -> mx.array:
-    """`merge_slices` with an explicit keep-mask (None keeps everything)."""
-    return merge_slices(
-        d, [float(x) for x in w.tolist()], elect, keep=keep, scale=scale, kernel=kernel
-    )
 
 
 _METAL_SOURCE = """
@@ -297,3 +273,58 @@ def dare_uniform(shape: tuple[int, ...], seed: int) -> mx.array:
     depend only on `seed`, so a merge is reproducible.
     """
     return mx.array(np.random.default_rng(seed).random(shape, dtype=np.float32))
+
+
+def stable_seed(seed: int, *parts: object) -> int:
+    """A seed per (merge seed, module, adapter): draws do not depend on module order."""
+    return zlib.crc32(":".join(str(p) for p in (seed, *parts)).encode())
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One module's slices for a dense or factor method: d[j] comes from adapter `present[j]`."""
+
+    d: mx.array  # [n, out, in] deltas (dense), or [n, r, in] As / [n, out, r] Bs (factor)
+    w: list[float]  # weight per slice
+    key: str  # module path (+ ".lora_a"/".lora_b" in factor space): seeds DARE's draws
+    present: list[int]
+
+    def draws(self, o: Any) -> mx.array:
+        """DARE's U[0,1) per slice (kept when u < 1 - p); `o.mask_fn` maps keep -> 0, drop -> 1."""
+        shape = tuple(self.d.shape[1:])
+        if o.mask_fn is not None:
+            return mx.stack(
+                [
+                    mx.where(o.mask_fn(self.key, i, shape).astype(mx.bool_), 0.0, 1.0)
+                    for i in self.present
+                ]
+            )
+        return mx.stack(
+            [dare_uniform(shape, stable_seed(o.seed, self.key, i)) for i in self.present]
+        )
+
+    def merge(
+        self, o: Any, trim: bool = False, dare: bool = False, elect: bool = False
+    ) -> mx.array:
+        """Σ wᵢ·kept(dᵢ), or with `elect` TIES' sign election + disjoint mean (`MergeOptions` o).
+
+        `dare` drops entries with probability o.drop and rescales by 1/(1-p);
+        `trim` then keeps each slice's top int(o.density·numel) |values|.
+        """
+        d, uni, scale, thr = self.d, None, 1.0, None
+        if dare:
+            uni, scale = self.draws(o), 1.0 / (1.0 - o.drop)
+        if trim:
+            src = d if uni is None else mx.where(uni < 1.0 - o.drop, d, 0.0)
+            thr, excess = trim_thresholds(src, o.density, o.select)
+            d = zero_entries(d, excess)  # ties beyond the quota
+        return merge_slices(
+            d,
+            self.w,
+            o.majority_sign if elect else None,
+            thr,
+            scale,
+            o.kernel,
+            uniform=uni,
+            keep_below=1.0 - o.drop if dare else 1.0,
+        )

@@ -9,7 +9,7 @@ QA, upper summarization"); explicit per-layer vectors cover the rest.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..errors import MixloraError
 
@@ -119,3 +119,31 @@ def parse_weights(spec: str | Sequence[float], n_adapters: int) -> list[float]:
     if any(w != w or w in (float("inf"), float("-inf")) for w in ws):
         raise MixloraError(f"weights must be finite numbers, got {ws}")
     return ws
+
+
+def layer_weight_fn(
+    names: Sequence[Sequence[str | None]],
+    n_layers: int,
+    base: list[float],
+    layer_ranges: str | dict[int, int] | None = None,
+    layer_weights: str | dict[int, Sequence[float]] | None = None,
+) -> Callable[[int], list[float]]:
+    """The weight vector each layer merges with: `base`, one-hot by range, or given per layer.
+
+    `names` are each adapter's aliases (name, task) for the ranges. A layer no
+    range covers takes no adapter; one no per-layer vector covers takes `base`.
+    """
+    n = len(names)
+    if layer_ranges is not None:
+        if isinstance(layer_ranges, str):
+            owner = parse_layer_ranges(layer_ranges, names, n_layers)
+        else:
+            owner = {int(k): int(v) for k, v in dict(layer_ranges).items()}
+        return lambda layer: [base[i] if owner.get(layer) == i else 0.0 for i in range(n)]
+    if layer_weights is not None:
+        if isinstance(layer_weights, str):
+            per = parse_layer_weights(layer_weights, n, n_layers)
+        else:
+            per = {int(k): parse_weights(v, n) for k, v in dict(layer_weights).items()}
+        return lambda layer: per.get(layer, base)
+    return lambda layer: base
