@@ -6,19 +6,19 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from helpers_route import params, save_model_dir, save_random_adapters, tiny_model
-from mlx_mixlora.modules import linear_at
 
 import mlx_mixlora  # noqa: F401
 from mlx_mixlora.lora import attach_lora, detach_lora
+from mlx_mixlora.modules import linear_at
 from mlx_mixlora.route import (
     Decision,
     UniformRouter,
-    decision_updates,
     fused,
     generate_routed,
     load_adapters,
 )
-from mlx_mixlora.route.routers import FeatureRouter
+from mlx_mixlora.route.decision import decision_updates
+from mlx_mixlora.route.embed import FeatureRouter
 
 
 class _Fixed(FeatureRouter):
@@ -113,7 +113,7 @@ def test_generate_without_reuse_and_uniform_merge(tmp_path, tok):
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("method", ["delta", "copy", "stream"])
+@pytest.mark.parametrize("method", ["delta", "copy"])
 def test_switcher_matches_fuse_reuses_buffers_and_restores_exactly(tmp_path, method):
     from mlx_mixlora.route import AdapterSwitcher
 
@@ -121,7 +121,7 @@ def test_switcher_matches_fuse_reuses_buffers_and_restores_exactly(tmp_path, met
     ads = _adapters(tmp_path, model, layers=(0, 1))
     before = params(model)
     toks = mx.array([[1, 5, 9, 33, 12, 7]])
-    sw = AdapterSwitcher(model, ads, chunk_bytes=1024, method=method)  # stream: several chunks
+    sw = AdapterSwitcher(model, ads, method=method)
     seq = [
         Decision([0], [1.0], []),
         Decision([2, 1], [0.6, 0.4], []),
@@ -141,7 +141,7 @@ def test_switcher_matches_fuse_reuses_buffers_and_restores_exactly(tmp_path, met
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("method", ["delta", "copy", "stream"])
+@pytest.mark.parametrize("method", ["delta", "copy"])
 def test_switcher_writes_into_the_previous_buffers(method):
     """Steady-state switches allocate no second copy of the adapted weights (donated buffers)."""
     from mlx_lm.models import llama
@@ -175,8 +175,7 @@ def test_switcher_writes_into_the_previous_buffers(method):
         mx.eval(w)
         ads.append(Adapter(cfg, w, f"s{i}", "", str(i)))
     adapted = sum(_weight(model, p).nbytes for p in ads[0].module_paths())
-    # stream: MLX keeps ~16 chunks in flight, so keep them small here
-    sw = AdapterSwitcher(model, ads, chunk_bytes=32 * 1024, method=method)
+    sw = AdapterSwitcher(model, ads, method=method)
     sw.apply(Decision([0], [1.0], []))
     active = mx.get_active_memory()
     mx.reset_peak_memory()
@@ -189,7 +188,6 @@ def test_switcher_writes_into_the_previous_buffers(method):
 def test_delta_switches_stay_within_rounding_and_refresh_exactly(tmp_path):
     """Delta switches drift by float rounding only; every (refresh_every+1)-th switch is exact."""
     from mlx_mixlora.route import AdapterSwitcher
-    from mlx_mixlora.route.fused import decision_updates
 
     model = tiny_model(layers=2)
     ads = _adapters(tmp_path, model, layers=(0, 1))
@@ -239,7 +237,6 @@ def test_delta_reapplying_a_decision_is_free_and_a_new_base_is_never_patched(tmp
 def test_delta_never_drifts_low_precision_weights(tmp_path):
     """fp16 weights: one rounding is ~1e-3, so every switch is an exact copy fuse."""
     from mlx_mixlora.route import AdapterSwitcher
-    from mlx_mixlora.route.fused import decision_updates
 
     model = tiny_model(layers=2)
     ads = _adapters(tmp_path, model, layers=(0, 1))

@@ -256,20 +256,24 @@ def _routing_methods(
 ) -> tuple[list[Method], dict]:
     """Per-prompt routing, learned and training-free, plus its bounds (issue: seed 003).
 
-    The learned top-1 gate (the seed's MixLoRA), nearest centroid of the adapters'
-    training prompts, Arrow (no training data at all), a uniform merge of every
-    adapter (what routing should beat) and the oracle (each prompt on its own
-    task's adapter: the ceiling). Gate and centroid share one pass over the
-    training prompts (template plus train phrasings). Also returns each data-driven
-    router's routing accuracy on template prompts, held-out phrasings and the
-    natural-request set.
+    Every router of `route.ROUTERS`: the learned top-1 gate (the seed's MixLoRA,
+    trained here rather than loaded), nearest centroid of the adapters' training
+    prompts, Arrow (no training data at all), a uniform merge of every adapter
+    (what routing should beat) and the oracle (each prompt on its own task's
+    adapter: the ceiling). Gate and centroid share one pass over the training
+    prompts (template plus train phrasings). Also returns each router's routing
+    accuracy that routes by the prompt alone on template prompts, held-out
+    phrasings and the natural-request set.
     """
     from .. import route as R
+    from ..route.accuracy import accuracy_summary
+    from ..route.prompts import routing_prompt_sets, training_features
+    from ..route.session import Setup
 
     t0 = time.perf_counter()
     loaded = R.load_adapters(list(adapters.values()), base=identity)
     layer, pool = R.feature_layer(model, loaded), R.feature_pool()
-    feats = R.training_features(
+    feats = training_features(
         model, tok, loaded, layer, data=cfg.data, seed=cfg.seed, pool=pool, prompts=cfg.prompts
     )
     gate = R.build_gate(
@@ -284,15 +288,13 @@ def _routing_methods(
         prompts=cfg.prompts,
     )
     timings["route:gate"] = time.perf_counter() - t0
-    centroid = R.build_centroid(model, tok, loaded, layer=layer, features=feats, pool=pool)
-    n = len(loaded)
-    routers = (
-        ("route:gate-top1", gate, "top1"),
-        ("route:centroid-top1", centroid, "top1"),
-        ("route:arrow-top1", R.ArrowRouter(loaded), "top1"),
-        ("route:uniform-merge", R.UniformRouter(n), "all"),
-        ("route:oracle", R.OracleRouter(n), "top1"),
-    )
+    setup = Setup(model, tok, loaded, identity)
+    routers = {
+        name: gate
+        if name == "gate"
+        else R.make_router(name, setup, layer=layer, pool=pool, features=feats)
+        for name in R.ROUTERS
+    }
     names = list(adapters)
 
     def scorer(router, mode):
@@ -304,16 +306,22 @@ def _routing_methods(
 
     t0 = time.perf_counter()
     tasks = R.adapter_tasks(loaded)
-    sets = R.routing_prompt_sets(tasks, "test", cfg.eval_examples, cfg.data, cfg.seed)
+    sets = routing_prompt_sets(tasks, "test", cfg.eval_examples, cfg.data, cfg.seed)
     accuracy = {
-        name: {
-            style: R.accuracy_summary(R.evaluate_routing(r, model, tok, *sets[style]), tasks)
+        f"route:{R.ROUTERS[name].title}": {
+            style: accuracy_summary(R.evaluate_routing(r, model, tok, *sets[style]), tasks)
             for style in sets
         }
-        for name, r, _ in routers[:3]
+        for name, r in routers.items()
+        if R.ROUTERS[name].routes
     }
     timings["route:accuracy"] = time.perf_counter() - t0
-    methods = [Method(name, kind="route", score=scorer(r, mode)) for name, r, mode in routers]
+    methods = [
+        Method(
+            f"route:{R.ROUTERS[name].title}", kind="route", score=scorer(r, R.ROUTERS[name].mode)
+        )
+        for name, r in routers.items()
+    ]
     return methods, accuracy
 
 
