@@ -6,11 +6,17 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from helpers_route import params, save_model_dir, save_random_adapters, tiny_model
+from helpers_train import tiny_model as train_tiny_model
+from mlx_lm.generate import generate_step
+from mlx_lm.utils import load_tokenizer
 
 import mlx_mixlora  # noqa: F401
+from mlx_mixlora.adapter_format import AdapterConfig
 from mlx_mixlora.lora import attach_lora, detach_lora
-from mlx_mixlora.modules import linear_at
+from mlx_mixlora.modules import get_module, linear_at
 from mlx_mixlora.route import (
+    Adapter,
+    AdapterSwitcher,
     Decision,
     UniformRouter,
     fused,
@@ -37,8 +43,6 @@ class _Fixed(FeatureRouter):
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    from mlx_lm.utils import load_tokenizer
-
     return load_tokenizer(save_model_dir(tmp_path_factory.mktemp("m"), tiny_model()))
 
 
@@ -80,8 +84,6 @@ def test_topk_decision_fuses_the_weighted_sum(tmp_path):
 
 
 def test_generate_routed_reuses_cache_matches_plain_generation_and_restores(tmp_path, tok):
-    from mlx_lm.generate import generate_step
-
     model = tiny_model(layers=4)
     ads = _adapters(tmp_path, model, layers=(2, 3))
     before = params(model)
@@ -115,8 +117,6 @@ def test_generate_without_reuse_and_uniform_merge(tmp_path, tok):
 
 @pytest.mark.parametrize("method", ["delta", "copy"])
 def test_switcher_matches_fuse_reuses_buffers_and_restores_exactly(tmp_path, method):
-    from mlx_mixlora.route import AdapterSwitcher
-
     model = tiny_model(layers=2)
     ads = _adapters(tmp_path, model, layers=(0, 1))
     before = params(model)
@@ -144,25 +144,8 @@ def test_switcher_matches_fuse_reuses_buffers_and_restores_exactly(tmp_path, met
 @pytest.mark.parametrize("method", ["delta", "copy"])
 def test_switcher_writes_into_the_previous_buffers(method):
     """Steady-state switches allocate no second copy of the adapted weights (donated buffers)."""
-    from mlx_lm.models import llama
-
-    from mlx_mixlora.adapter_format import AdapterConfig
-    from mlx_mixlora.route import Adapter, AdapterSwitcher
-
-    mx.random.seed(0)
-    args = dict(
-        model_type="llama",
-        hidden_size=512,
-        num_hidden_layers=1,
-        intermediate_size=1024,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        rms_norm_eps=1e-5,
-        vocab_size=64,
-        tie_word_embeddings=False,
-    )
-    model = llama.Model(llama.ModelArgs(**args))
-    mx.eval(model.parameters())
+    dims = dict(hidden_size=512, intermediate_size=1024, num_attention_heads=8)
+    model = train_tiny_model(0, num_hidden_layers=1, **dims)
     targets = ["q_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     ads = []
     for i in range(2):
@@ -187,8 +170,6 @@ def test_switcher_writes_into_the_previous_buffers(method):
 
 def test_delta_switches_stay_within_rounding_and_refresh_exactly(tmp_path):
     """Delta switches drift by float rounding only; every (refresh_every+1)-th switch is exact."""
-    from mlx_mixlora.route import AdapterSwitcher
-
     model = tiny_model(layers=2)
     ads = _adapters(tmp_path, model, layers=(0, 1))
     before = params(model)
@@ -211,8 +192,6 @@ def test_delta_switches_stay_within_rounding_and_refresh_exactly(tmp_path):
 
 
 def test_delta_reapplying_a_decision_is_free_and_a_new_base_is_never_patched(tmp_path):
-    from mlx_mixlora.route import AdapterSwitcher
-
     model = tiny_model(layers=2)
     ads = _adapters(tmp_path, model, layers=(0, 1))
     sw = AdapterSwitcher(model, ads)
@@ -236,8 +215,6 @@ def test_delta_reapplying_a_decision_is_free_and_a_new_base_is_never_patched(tmp
 
 def test_delta_never_drifts_low_precision_weights(tmp_path):
     """fp16 weights: one rounding is ~1e-3, so every switch is an exact copy fuse."""
-    from mlx_mixlora.route import AdapterSwitcher
-
     model = tiny_model(layers=2)
     ads = _adapters(tmp_path, model, layers=(0, 1))
     model.set_dtype(mx.float16)
@@ -256,7 +233,4 @@ def test_delta_never_drifts_low_precision_weights(tmp_path):
 
 
 def _weight(model, path):
-    obj = model
-    for part in path.split("."):
-        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-    return obj.weight
+    return get_module(model, path).weight

@@ -261,39 +261,28 @@ def _routing_methods(
     prompts, Arrow (no training data at all), a uniform merge of every adapter
     (what routing should beat) and the oracle (each prompt on its own task's
     adapter: the ceiling). Gate and centroid share one pass over the training
-    prompts (template plus train phrasings). Also returns each router's routing
-    accuracy that routes by the prompt alone on template prompts, held-out
+    prompts (template plus train phrasings). Also returns the routing accuracy of
+    each router that routes by the prompt alone, on template prompts, held-out
     phrasings and the natural-request set.
     """
     from .. import route as R
     from ..route.accuracy import accuracy_summary
-    from ..route.prompts import routing_prompt_sets, training_features
+    from ..route.prompts import fit_features, routing_prompt_sets
     from ..route.session import Setup
 
     t0 = time.perf_counter()
     loaded = R.load_adapters(list(adapters.values()), base=identity)
-    layer, pool = R.feature_layer(model, loaded), R.feature_pool()
-    feats = training_features(
-        model, tok, loaded, layer, data=cfg.data, seed=cfg.seed, pool=pool, prompts=cfg.prompts
+    layer, pool, feats, labels = fit_features(
+        model, tok, loaded, data=cfg.data, seed=cfg.seed, prompts=cfg.prompts
     )
+    shared = dict(layer=layer, pool=pool, features=(feats, labels))  # one pass, gate and centroid
     gate = R.build_gate(
-        model,
-        tok,
-        loaded,
-        layer=layer,
-        data=cfg.data,
-        seed=cfg.seed,
-        features=feats,
-        pool=pool,
-        prompts=cfg.prompts,
+        model, tok, loaded, data=cfg.data, seed=cfg.seed, prompts=cfg.prompts, **shared
     )
     timings["route:gate"] = time.perf_counter() - t0
     setup = Setup(model, tok, loaded, identity)
-    routers = {
-        name: gate
-        if name == "gate"
-        else R.make_router(name, setup, layer=layer, pool=pool, features=feats)
-        for name in R.ROUTERS
+    routers = {  # the gate is trained here; every other router comes from the table
+        name: gate if name == "gate" else R.make_router(name, setup, **shared) for name in R.ROUTERS
     }
     names = list(adapters)
 

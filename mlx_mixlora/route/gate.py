@@ -29,8 +29,8 @@ from ..adapter_format import Adapter
 from ..errors import MixloraError
 from ..io import atomic_dir, check_safetensors_header, read_json, write_json
 from ..validate import finite_tensors, gate_fields, same_base
-from .embed import POOLS, FeatureRouter, feature_layer, feature_pool
-from .prompts import adapter_tasks, training_features
+from .embed import POOLS, FeatureRouter
+from .prompts import adapter_tasks, fit_features
 
 GATE_FORMAT = "mlx-mixlora/gate"
 GATE_VERSION = 1
@@ -216,9 +216,18 @@ def build_gate(
     prompts: str = "varied",
 ) -> GateRouter:
     """Train a gate on the adapters' task prompts; `features` skips the embedding pass."""
-    layer, pool = feature_layer(model, adapters, layer), feature_pool(pool)
-    feats, labels = features or training_features(
-        model, tokenizer, adapters, layer, tasks, n_per_task, data, seed, pool, prompts
+    layer, pool, feats, labels = fit_features(
+        model,
+        tokenizer,
+        adapters,
+        layer=layer,
+        pool=pool,
+        features=features,
+        tasks=tasks,
+        n_per_task=n_per_task,
+        data=data,
+        seed=seed,
+        prompts=prompts,
     )
     gate, stats = train_gate(
         feats, labels, len(adapters), hidden=hidden, steps=steps, lr=lr, seed=seed

@@ -19,7 +19,7 @@ from ..adapter_format import Adapter
 from ..errors import MixloraError
 from ..tasks import get_task, load_examples
 from ..tasks.natural import natural_examples
-from .embed import encode_prompts, prompt_features
+from .embed import encode_prompts, feature_layer, feature_pool, prompt_features
 
 STYLE_NAMES = {
     "template": "template",
@@ -86,21 +86,31 @@ def routing_prompt_sets(
     return sets
 
 
-def training_features(
+def fit_features(
     model: Any,
     tokenizer: Any,
     adapters: list[Adapter],
-    layer: int,
+    *,
+    layer: int | None = None,
+    pool: str | None = None,
+    features: tuple[np.ndarray, np.ndarray] | None = None,
     tasks: Sequence[str] | None = None,
     n_per_task: int = 200,
     data: str = "synthetic",
     seed: int = 0,
-    pool: str = "mean",
     prompts: str = "varied",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features and adapter labels of each adapter's task's training prompts."""
-    texts, labels = labelled_prompts(
-        adapter_tasks(adapters, tasks), "train", n_per_task, data, seed, prompts
-    )
-    feats = prompt_features(model, encode_prompts(tokenizer, texts), layer, pool=pool)
-    return feats, np.asarray(labels)
+) -> tuple[int, str, np.ndarray, np.ndarray]:
+    """(layer, pool, features, adapter labels) a feature router fits on.
+
+    Layer and pooling default to `embed.feature_layer`/`feature_pool`; the
+    features are those of each adapter's task's training prompts, unless
+    `features` (computed before, at that layer and pooling) skips the pass.
+    """
+    layer, pool = feature_layer(model, adapters, layer), feature_pool(pool)
+    if features is None:
+        texts, labels = labelled_prompts(
+            adapter_tasks(adapters, tasks), "train", n_per_task, data, seed, prompts
+        )
+        feats = prompt_features(model, encode_prompts(tokenizer, texts), layer, pool=pool)
+        features = (feats, np.asarray(labels))
+    return layer, pool, *features

@@ -34,9 +34,9 @@ from ..errors import MixloraError
 from ..modules import linear_at, set_module
 from .arrow import arrow_prototypes
 from .decision import decide
-from .embed import FeatureRouter, encode_prompts, feature_layer, feature_pool
+from .embed import FeatureRouter, encode_prompts
 from .gate import load_gate_router
-from .prompts import training_features
+from .prompts import fit_features
 from .session import Setup
 
 
@@ -86,24 +86,10 @@ class CentroidRouter(FeatureRouter):
 
 
 def build_centroid(
-    model: Any,
-    tokenizer: Any,
-    adapters: list[Adapter],
-    *,
-    layer: int | None = None,
-    tasks: Sequence[str] | None = None,
-    n_per_task: int = 200,
-    data: str = "synthetic",
-    seed: int = 0,
-    features: tuple[np.ndarray, np.ndarray] | None = None,
-    pool: str | None = None,
-    prompts: str = "varied",
+    model: Any, tokenizer: Any, adapters: list[Adapter], **fit: Any
 ) -> CentroidRouter:
-    """Centroids of the adapters' task prompts; `features` skips the embedding pass."""
-    layer, pool = feature_layer(model, adapters, layer), feature_pool(pool)
-    feats, labels = features or training_features(
-        model, tokenizer, adapters, layer, tasks, n_per_task, data, seed, pool, prompts
-    )
+    """Centroids of the adapters' task prompts; `fit`: `prompts.fit_features` options."""
+    layer, pool, feats, labels = fit_features(model, tokenizer, adapters, **fit)
     return CentroidRouter(feats, labels, len(adapters), layer, pool=pool)
 
 
@@ -232,17 +218,8 @@ def _gate(s: Setup, o: RouterOptions) -> Router:
 
 
 def _centroid(s: Setup, o: RouterOptions) -> Router:
-    return build_centroid(
-        s.model,
-        s.tokenizer,
-        s.adapters,
-        layer=o.layer,
-        tasks=o.tasks,
-        n_per_task=o.n_per_task,
-        data=o.data,
-        features=o.features,
-        pool=o.pool,
-    )
+    fit = dict(layer=o.layer, pool=o.pool, features=o.features, tasks=o.tasks, data=o.data)
+    return build_centroid(s.model, s.tokenizer, s.adapters, n_per_task=o.n_per_task, **fit)
 
 
 ROUTERS: dict[str, RouterKind] = {
