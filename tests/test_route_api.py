@@ -51,14 +51,6 @@ def test_every_router_of_the_table_builds_by_name_and_gives_weights(routing_dirs
 def test_the_cli_offers_the_table_s_routers():
     """`generate` offers the routers that need no labels and fit nothing at start-up."""
     out = CliRunner().invoke(main, ["generate", "--help"]).output
-    assert "--router [gate|arrow|uniform|random]" in out
-    assert [k for k, v in R.ROUTERS.items() if v.routes] == ["gate", "centroid", "arrow", "random"]
+    assert "--router [gate|arrow|uniform]" in out
+    assert [k for k, v in R.ROUTERS.items() if v.routes] == ["gate", "centroid", "arrow"]
     assert R.ROUTERS["uniform"].mode == "all" and R.ROUTERS["oracle"].needs_labels
-
-
-def test_random_router_is_seeded_and_one_hot():
-    from mlx_mixlora.route.routers import RandomRouter
-
-    p = RandomRouter(4).probs(None, [[1]] * 200)
-    assert np.array_equal(p, RandomRouter(4).probs(None, [[1]] * 200))
-    assert set(p.sum(axis=1)) == {1.0} and set(p.argmax(axis=1)) == {0, 1, 2, 3}

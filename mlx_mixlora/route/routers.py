@@ -166,19 +166,6 @@ class UniformRouter:
         return np.full((len(token_lists), self.n_adapters), 1.0 / self.n_adapters)
 
 
-class RandomRouter:
-    """One adapter per prompt, uniformly at random (seeded): the floor routing must beat."""
-
-    name = "random"
-
-    def __init__(self, n_adapters: int, seed: int = 0):
-        self.n_adapters, self.seed = n_adapters, seed
-
-    def probs(self, model: Any, token_lists: Sequence[Sequence[int]], labels=None) -> np.ndarray:
-        rng = np.random.default_rng(self.seed)
-        return np.eye(self.n_adapters)[rng.integers(self.n_adapters, size=len(token_lists))]
-
-
 def route_prompts(
     router: Router,
     model: Any,
@@ -241,7 +228,6 @@ ROUTERS: dict[str, RouterKind] = {
     "arrow": RouterKind(lambda s, o: ArrowRouter(s.adapters), "arrow-top1"),
     "uniform": RouterKind(lambda s, o: UniformRouter(len(s.adapters)), "uniform-merge", "all"),
     "oracle": RouterKind(lambda s, o: OracleRouter(len(s.adapters)), "oracle", needs_labels=True),
-    "random": RouterKind(lambda s, o: RandomRouter(len(s.adapters)), "random-top1"),
 }
 
 
