@@ -25,6 +25,7 @@ from mlx_mixlora.route import (
 )
 from mlx_mixlora.route.decision import decision_updates
 from mlx_mixlora.route.embed import FeatureRouter
+from mlx_mixlora.route.switch import fused_groups
 
 
 class _Fixed(FeatureRouter):
@@ -234,3 +235,27 @@ def test_delta_never_drifts_low_precision_weights(tmp_path):
 
 def _weight(model, path):
     return get_module(model, path).weight
+
+
+def test_fused_groups_fuse_each_distinct_decision_once_then_restore(tmp_path):
+    """Equal decisions (same adapters and weights) share one switch; other weights do not."""
+    model = tiny_model(layers=2)
+    ads = _adapters(tmp_path, model, layers=(0, 1))
+    before = params(model)
+    toks = mx.array([[1, 5, 9, 33, 12, 7]])
+    ds = [
+        Decision([0, 1], [0.7, 0.3], []),
+        Decision([0, 1], [0.4, 0.6], []),
+        Decision([2], [1.0], []),
+        Decision([0, 1], [0.7, 0.3], []),
+    ]
+    seen = []
+    for members in fused_groups(model, ads, ds):
+        got = np.array(model(toks))
+        seen.append(members)
+        fresh = tiny_model(layers=2)  # the same base, fused from scratch
+        with fused(fresh, ads, ds[members[0]]):
+            np.testing.assert_allclose(got, np.array(fresh(toks)), atol=1e-5)
+    assert seen == [[0, 3], [1], [2]]
+    after = params(model)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
