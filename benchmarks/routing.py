@@ -203,7 +203,6 @@ def bench_switch(model, adapters, a) -> dict:
         return worst
 
     methods = {"delta": {}, "copy": {}}
-    methods.update({f"stream-{cb // 1024}KB": {"chunk_bytes": cb} for cb in a.chunk_kb})
     defaults = AdapterSwitcher(model, adapters)
     n_switch = 2 * (defaults.refresh_every + 1)
     timed(one_pass)

@@ -13,6 +13,7 @@ from mlx_lm.models import llama
 
 import mlx_mixlora  # noqa: F401  (BLAS preload before mlx.core)
 from mlx_mixlora.adapter_format import AdapterConfig, module_path, save_adapter
+from mlx_mixlora.modules import get_module
 
 CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;?!/()'\"\n-"
 TASKS = ("classification", "qa", "summarization", "sentiment")
@@ -46,17 +47,10 @@ def random_adapter(
     for layer in layers:
         for t in targets:
             p = module_path(layer, t)
-            out_dims, in_dims = _get(model, p).weight.shape
+            out_dims, in_dims = get_module(model, p).weight.shape
             w[f"{p}.lora_a"] = mx.array(rng.normal(0, scale, (rank, in_dims)).astype(np.float32))
             w[f"{p}.lora_b"] = mx.array(rng.normal(0, scale, (out_dims, rank)).astype(np.float32))
     return cfg, w
-
-
-def _get(model, path):
-    obj = model
-    for part in path.split("."):
-        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-    return obj
 
 
 def save_random_adapters(root: Path, model, n: int = 4, **kw) -> list[Path]:

@@ -10,15 +10,8 @@ from helpers_route import save_random_adapters, tiny_model
 
 import mlx_mixlora  # noqa: F401
 from mlx_mixlora.errors import MixloraError
-from mlx_mixlora.route import (
-    GateConfig,
-    decide,
-    load_adapters,
-    load_gate,
-    load_gate_router,
-    save_gate,
-    train_gate,
-)
+from mlx_mixlora.route import GateConfig, decide, load_adapters, load_gate_router, save_gate
+from mlx_mixlora.route.gate import load_gate, train_gate
 
 
 def _clusters(n_per=60, dim=16, k=3, seed=0, spread=1.0, noise_seed=None):

@@ -31,42 +31,16 @@ def test_gate_train_writes_a_gate_that_routes_held_out_prompts(gate_dir):  # noq
 
 def test_gate_train_refuses_existing_output_and_bad_tasks(routing_dirs, tmp_path):  # noqa: F811
     model_dir, ads = routing_dirs
+
+    def gate_train(ads, out, *args):
+        cmd = ["gate", "train", "--model", str(model_dir), "--adapters", *ads, "-o", str(out)]
+        return CliRunner().invoke(main, [*cmd, *args])
+
     (tmp_path / "g").mkdir()
-    r = CliRunner().invoke(
-        main,
-        ["gate", "train", "--model", str(model_dir), "--adapters", *ads, "-o", str(tmp_path / "g")],
-    )
+    r = gate_train(ads, tmp_path / "g")
     assert r.exit_code == 1 and "already exists" in r.output
-    r = CliRunner().invoke(
-        main,
-        [
-            "gate",
-            "train",
-            "--model",
-            str(model_dir),
-            "--adapters",
-            *ads[:2],
-            "--tasks",
-            "qa",
-            "-o",
-            str(tmp_path / "h"),
-        ],
-    )
+    r = gate_train(ads[:2], tmp_path / "h", "--tasks", "qa")
     assert r.exit_code == 1 and "--tasks names 1 tasks for 2 adapters" in r.output
-    r = CliRunner().invoke(
-        main,
-        [
-            "gate",
-            "train",
-            "--model",
-            str(model_dir),
-            "--adapters",
-            *ads[:2],
-            "--tasks",
-            "qa,nope",
-            "-o",
-            str(tmp_path / "h"),
-        ],
-    )
+    r = gate_train(ads[:2], tmp_path / "h", "--tasks", "qa,nope")
     assert r.exit_code == 1 and "unknown task 'nope'" in r.output
     assert not (tmp_path / "h").exists()

@@ -14,24 +14,15 @@ SENTIMENT = "Review: a warm and charming film .\nSentiment (positive or negative
 NEWS = "News: The bank sold shares on monday.\nTopic (World, Sports, Business or Sci/Tech):"
 
 
+def generate(model_dir, ads, *args, gate=None):
+    """Run `mixlora generate --model M --adapters A... [--gate G] ARGS`."""
+    base = ["generate", "--model", str(model_dir), "--adapters", *ads]
+    return CliRunner().invoke(main, [*base, *(["--gate", str(gate)] if gate else []), *args])
+
+
 def test_generate_prints_choice_weights_and_answer(routing_dirs, gate_dir):  # noqa: F811
     model_dir, ads = routing_dirs
-    r = CliRunner().invoke(
-        main,
-        [
-            "generate",
-            "--model",
-            str(model_dir),
-            "--adapters",
-            *ads,
-            "--gate",
-            str(gate_dir),
-            "--prompt",
-            SENTIMENT,
-            "--max-tokens",
-            "5",
-        ],
-    )
+    r = generate(model_dir, ads, "--prompt", SENTIMENT, "--max-tokens", "5", gate=gate_dir)
     assert r.exit_code == 0, r.output
     first, *rest = r.output.splitlines()
     assert first.startswith("adapter: ad3  (gate weights: ad0=")
@@ -47,23 +38,8 @@ def test_generate_batch_jsonl(routing_dirs, gate_dir, tmp_path):  # noqa: F811
         json.dumps({"prompt": NEWS, "id": 1}) + "\n" + json.dumps({"prompt": SENTIMENT}) + "\n"
     )
     out = tmp_path / "out.jsonl"
-    r = CliRunner().invoke(
-        main,
-        [
-            "generate",
-            "--model",
-            str(model_dir),
-            "--adapters",
-            *ads,
-            "--gate",
-            str(gate_dir),
-            "--jsonl",
-            str(src),
-            "-o",
-            str(out),
-            "--max-tokens",
-            "3",
-        ],
+    r = generate(
+        model_dir, ads, "--jsonl", str(src), "-o", str(out), "--max-tokens", "3", gate=gate_dir
     )
     assert r.exit_code == 0, r.output
     rows = [json.loads(x) for x in out.read_text().splitlines()]
@@ -73,16 +49,15 @@ def test_generate_batch_jsonl(routing_dirs, gate_dir, tmp_path):  # noqa: F811
 
 def test_generate_errors(routing_dirs, gate_dir, tmp_path):  # noqa: F811
     model_dir, ads = routing_dirs
-    base = ["generate", "--model", str(model_dir), "--adapters", *ads]
-    r = CliRunner().invoke(main, [*base, "--gate", str(gate_dir)])
+    r = generate(model_dir, ads, gate=gate_dir)
     assert r.exit_code == 1 and "exactly one of --prompt or --jsonl" in r.output
-    r = CliRunner().invoke(main, [*base[:-1], "--gate", str(gate_dir), "--prompt", "x"])
+    r = generate(model_dir, ads[:-1], "--prompt", "x", gate=gate_dir)
     assert r.exit_code == 1 and "trained for adapters" in r.output
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "no prompt"}\n')
-    r = CliRunner().invoke(main, [*base, "--router", "arrow", "--jsonl", str(bad)])
+    r = generate(model_dir, ads, "--router", "arrow", "--jsonl", str(bad))
     assert r.exit_code == 1 and "has no non-empty 'prompt'" in r.output
-    r = CliRunner().invoke(main, [*base, "--router", "gate", "--prompt", "x"])
+    r = generate(model_dir, ads, "--router", "gate", "--prompt", "x")
     assert r.exit_code == 1 and "needs --gate" in r.output
 
 
@@ -96,9 +71,8 @@ def test_batch_modes_agree(routing_dirs, gate_dir, tmp_path):  # noqa: F811
     outs = {}
     for bs in ("8", "1"):
         out = tmp_path / f"out{bs}.jsonl"
-        args = ["generate", "--model", str(model_dir), "--adapters", *ads, "--gate", str(gate_dir)]
-        args += ["--jsonl", str(src), "-o", str(out), "--max-tokens", "4", "--batch-size", bs]
-        r = CliRunner().invoke(main, args)
+        args = ["--jsonl", str(src), "-o", str(out), "--max-tokens", "4", "--batch-size", bs]
+        r = generate(model_dir, ads, *args, gate=gate_dir)
         assert r.exit_code == 0, r.output
         outs[bs] = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["adapter"] for x in outs["8"]] == ["ad0", "ad3", "ad0"]

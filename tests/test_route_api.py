@@ -1,11 +1,16 @@
-"""The Python API the demo uses: route_prompts, evaluate_routing, threshold fallback."""
+"""The Python API the demo uses: route_prompts, evaluate_routing, threshold fallback, ROUTERS."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from click.testing import CliRunner
 from helpers_route_cli import gate_dir, routing_dirs  # noqa: F401
 
 from mlx_mixlora import route as R
+from mlx_mixlora.cli import main
+from mlx_mixlora.errors import MixloraError
+from mlx_mixlora.route.embed import encode_prompts
 
 
 def test_route_prompts_and_threshold_fallback(routing_dirs, gate_dir):  # noqa: F811
@@ -27,3 +32,25 @@ def test_route_prompts_and_threshold_fallback(routing_dirs, gate_dir):  # noqa: 
     assert (
         R.route_prompts(R.OracleRouter(4), s.model, s.tokenizer, prompts, labels=labels) == labels
     )
+
+
+def test_every_router_of_the_table_builds_by_name_and_gives_weights(routing_dirs, gate_dir):  # noqa: F811
+    model_dir, ads = routing_dirs
+    s = R.load_setup(model_dir, ads)
+    prompts, labels = R.labelled_prompts(R.adapter_tasks(s.adapters), "test", 3)
+    toks = encode_prompts(s.tokenizer, prompts)
+    for name in R.ROUTERS:
+        router = R.make_router(name, s, gate_dir=gate_dir, n_per_task=40)
+        assert router.name == name and router.n_adapters == 4
+        p = router.probs(s.model, toks, labels=labels)
+        assert p.shape == (12, 4) and np.allclose(p.sum(axis=1), 1.0)
+    with pytest.raises(MixloraError, match="unknown router 'magic'; use gate, centroid, arrow"):
+        R.make_router("magic", s)
+
+
+def test_the_cli_offers_the_table_s_routers():
+    """`generate` offers the routers that need no labels and fit nothing at start-up."""
+    out = CliRunner().invoke(main, ["generate", "--help"]).output
+    assert "--router [gate|arrow|uniform]" in out
+    assert [k for k, v in R.ROUTERS.items() if v.routes] == ["gate", "centroid", "arrow"]
+    assert R.ROUTERS["uniform"].mode == "all" and R.ROUTERS["oracle"].needs_labels

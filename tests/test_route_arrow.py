@@ -9,7 +9,8 @@ from helpers_route import tiny_model
 
 import mlx_mixlora  # noqa: F401
 from mlx_mixlora.adapter_format import AdapterConfig, module_path
-from mlx_mixlora.route import Adapter, ArrowRouter, top_right_singular
+from mlx_mixlora.route import Adapter, ArrowRouter
+from mlx_mixlora.route.arrow import top_right_singular
 
 
 @pytest.mark.parametrize("shape", [(64, 4, 64), (128, 8, 64), (64, 1, 128), (96, 16, 48)])

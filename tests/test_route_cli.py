@@ -11,28 +11,18 @@ import mlx_mixlora  # noqa: F401
 from mlx_mixlora.cli import main
 
 
-def route_eval(model_dir, ads, out, *options):
-    """Run `mixlora route eval --model M --adapters A... OPTIONS -o OUT`."""
-    args = ["route", "eval", "--model", str(model_dir), "--adapters", *ads, *options]
+def route_eval(model_dir, ads, out, options: str, gate=None):
+    """Run `mixlora route eval --model M --adapters A... [--gate G] OPTIONS -o OUT`."""
+    args = ["route", "eval", "--model", str(model_dir), "--adapters", *ads, *options.split()]
+    args += ["--gate", str(gate)] if gate else []
     return CliRunner().invoke(main, [*args, "-o", str(out)])
 
 
 def test_route_eval_writes_accuracy_confusion_and_plots(routing_dirs, gate_dir, tmp_path):  # noqa: F811
     model_dir, ads = routing_dirs
     out = tmp_path / "eval"
-    r = route_eval(
-        model_dir,
-        ads,
-        out,
-        "--gate",
-        str(gate_dir),
-        "--routers",
-        "gate,centroid,oracle,uniform",
-        "--n",
-        "25",
-        "--n-train",
-        "80",
-    )
+    options = "--routers gate,centroid,oracle,uniform --n 25 --n-train 80"
+    r = route_eval(model_dir, ads, out, options, gate=gate_dir)
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "routing.json").read_text())
     res = rep["results"]
@@ -50,9 +40,9 @@ def test_route_eval_writes_accuracy_confusion_and_plots(routing_dirs, gate_dir, 
 def test_route_eval_refuses_unknown_router_without_output(routing_dirs, tmp_path):  # noqa: F811
     model_dir, ads = routing_dirs
     out = tmp_path / "eval"
-    r = route_eval(model_dir, ads, out, "--routers", "magic")
+    r = route_eval(model_dir, ads, out, "--routers magic")
     assert r.exit_code == 1 and "unknown router 'magic'" in r.output
-    r = route_eval(model_dir, ads, out, "--routers", "gate")
+    r = route_eval(model_dir, ads, out, "--routers gate")
     assert r.exit_code == 1 and "needs --gate" in r.output
     assert not out.exists()
 
@@ -60,31 +50,17 @@ def test_route_eval_refuses_unknown_router_without_output(routing_dirs, tmp_path
 def test_route_eval_scores_equal_oracle(routing_dirs, gate_dir, tmp_path):  # noqa: F811
     model_dir, ads = routing_dirs
     out = tmp_path / "eval"
-    r = route_eval(
-        model_dir,
-        ads,
-        out,
-        "--gate",
-        str(gate_dir),
-        "--routers",
-        "gate,uniform",
-        "--n",
-        "10",
-        "--score",
-        "3",
-        "--no-plots",
-    )
+    options = "--routers gate,uniform --n 10 --score 3 --no-plots"
+    r = route_eval(model_dir, ads, out, options, gate=gate_dir)
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "routing.json").read_text())
     sc = rep["scores"]
     assert set(sc) == {"gate", "uniform", "oracle"}
     assert set(sc["gate"]["tasks"]) == {"classification", "qa", "summarization", "sentiment"}
     assert all(v["routing_accuracy"] == 1.0 for v in sc["gate"]["tasks"].values())
-    assert (
-        sc["gate"]["tasks"] == sc["oracle"]["tasks"]
-    )  # same routes, same fused weights, same scores
+    # same routes, same fused weights, same scores
+    assert sc["gate"]["tasks"] == sc["oracle"]["tasks"]
     assert sc["gate"]["mean"] == sc["oracle"]["mean"]
-    assert sc["uniform"]["tasks"]["qa"]["routed_to"] == {
-        "0": 3
-    }  # all adapters merged (top weight: first)
+    # all adapters merged (top weight: first)
+    assert sc["uniform"]["tasks"]["qa"]["routed_to"] == {"0": 3}
     assert not list(out.glob("*.png"))

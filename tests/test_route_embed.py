@@ -10,7 +10,8 @@ from helpers_route import random_adapter, tiny_model
 import mlx_mixlora  # noqa: F401
 from mlx_mixlora.errors import MixloraError
 from mlx_mixlora.lora import attach_lora, detach_lora
-from mlx_mixlora.route import RoutedPrefill, prompt_features, run_lower
+from mlx_mixlora.route import RoutedPrefill, prompt_features
+from mlx_mixlora.route.embed import run_lower
 
 
 def _h(model, toks, layer):

@@ -6,19 +6,26 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from helpers_route import params, save_model_dir, save_random_adapters, tiny_model
+from helpers_train import tiny_model as train_tiny_model
+from mlx_lm.generate import generate_step
+from mlx_lm.utils import load_tokenizer
 
 import mlx_mixlora  # noqa: F401
+from mlx_mixlora.adapter_format import AdapterConfig
 from mlx_mixlora.lora import attach_lora, detach_lora
-from mlx_mixlora.modules import linear_at
+from mlx_mixlora.modules import get_module, linear_at
 from mlx_mixlora.route import (
+    Adapter,
+    AdapterSwitcher,
     Decision,
     UniformRouter,
-    decision_updates,
     fused,
     generate_routed,
     load_adapters,
 )
-from mlx_mixlora.route.routers import FeatureRouter
+from mlx_mixlora.route.decision import decision_updates
+from mlx_mixlora.route.embed import FeatureRouter
+from mlx_mixlora.route.switch import fused_groups
 
 
 class _Fixed(FeatureRouter):
@@ -37,8 +44,6 @@ class _Fixed(FeatureRouter):
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    from mlx_lm.utils import load_tokenizer
-
     return load_tokenizer(save_model_dir(tmp_path_factory.mktemp("m"), tiny_model()))
 
 
@@ -80,8 +85,6 @@ def test_topk_decision_fuses_the_weighted_sum(tmp_path):
 
 
 def test_generate_routed_reuses_cache_matches_plain_generation_and_restores(tmp_path, tok):
-    from mlx_lm.generate import generate_step
-
     model = tiny_model(layers=4)
     ads = _adapters(tmp_path, model, layers=(2, 3))
     before = params(model)
@@ -113,15 +116,13 @@ def test_generate_without_reuse_and_uniform_merge(tmp_path, tok):
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("method", ["delta", "copy", "stream"])
+@pytest.mark.parametrize("method", ["delta", "copy"])
 def test_switcher_matches_fuse_reuses_buffers_and_restores_exactly(tmp_path, method):
-    from mlx_mixlora.route import AdapterSwitcher
-
     model = tiny_model(layers=2)
     ads = _adapters(tmp_path, model, layers=(0, 1))
     before = params(model)
     toks = mx.array([[1, 5, 9, 33, 12, 7]])
-    sw = AdapterSwitcher(model, ads, chunk_bytes=1024, method=method)  # stream: several chunks
+    sw = AdapterSwitcher(model, ads, method=method)
     seq = [
         Decision([0], [1.0], []),
         Decision([2, 1], [0.6, 0.4], []),
@@ -141,28 +142,11 @@ def test_switcher_matches_fuse_reuses_buffers_and_restores_exactly(tmp_path, met
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.parametrize("method", ["delta", "copy", "stream"])
+@pytest.mark.parametrize("method", ["delta", "copy"])
 def test_switcher_writes_into_the_previous_buffers(method):
     """Steady-state switches allocate no second copy of the adapted weights (donated buffers)."""
-    from mlx_lm.models import llama
-
-    from mlx_mixlora.adapter_format import AdapterConfig
-    from mlx_mixlora.route import Adapter, AdapterSwitcher
-
-    mx.random.seed(0)
-    args = dict(
-        model_type="llama",
-        hidden_size=512,
-        num_hidden_layers=1,
-        intermediate_size=1024,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        rms_norm_eps=1e-5,
-        vocab_size=64,
-        tie_word_embeddings=False,
-    )
-    model = llama.Model(llama.ModelArgs(**args))
-    mx.eval(model.parameters())
+    dims = dict(hidden_size=512, intermediate_size=1024, num_attention_heads=8)
+    model = train_tiny_model(0, num_hidden_layers=1, **dims)
     targets = ["q_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     ads = []
     for i in range(2):
@@ -175,8 +159,7 @@ def test_switcher_writes_into_the_previous_buffers(method):
         mx.eval(w)
         ads.append(Adapter(cfg, w, f"s{i}", "", str(i)))
     adapted = sum(_weight(model, p).nbytes for p in ads[0].module_paths())
-    # stream: MLX keeps ~16 chunks in flight, so keep them small here
-    sw = AdapterSwitcher(model, ads, chunk_bytes=32 * 1024, method=method)
+    sw = AdapterSwitcher(model, ads, method=method)
     sw.apply(Decision([0], [1.0], []))
     active = mx.get_active_memory()
     mx.reset_peak_memory()
@@ -188,9 +171,6 @@ def test_switcher_writes_into_the_previous_buffers(method):
 
 def test_delta_switches_stay_within_rounding_and_refresh_exactly(tmp_path):
     """Delta switches drift by float rounding only; every (refresh_every+1)-th switch is exact."""
-    from mlx_mixlora.route import AdapterSwitcher
-    from mlx_mixlora.route.fused import decision_updates
-
     model = tiny_model(layers=2)
     ads = _adapters(tmp_path, model, layers=(0, 1))
     before = params(model)
@@ -213,8 +193,6 @@ def test_delta_switches_stay_within_rounding_and_refresh_exactly(tmp_path):
 
 
 def test_delta_reapplying_a_decision_is_free_and_a_new_base_is_never_patched(tmp_path):
-    from mlx_mixlora.route import AdapterSwitcher
-
     model = tiny_model(layers=2)
     ads = _adapters(tmp_path, model, layers=(0, 1))
     sw = AdapterSwitcher(model, ads)
@@ -238,9 +216,6 @@ def test_delta_reapplying_a_decision_is_free_and_a_new_base_is_never_patched(tmp
 
 def test_delta_never_drifts_low_precision_weights(tmp_path):
     """fp16 weights: one rounding is ~1e-3, so every switch is an exact copy fuse."""
-    from mlx_mixlora.route import AdapterSwitcher
-    from mlx_mixlora.route.fused import decision_updates
-
     model = tiny_model(layers=2)
     ads = _adapters(tmp_path, model, layers=(0, 1))
     model.set_dtype(mx.float16)
@@ -259,7 +234,28 @@ def test_delta_never_drifts_low_precision_weights(tmp_path):
 
 
 def _weight(model, path):
-    obj = model
-    for part in path.split("."):
-        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-    return obj.weight
+    return get_module(model, path).weight
+
+
+def test_fused_groups_fuse_each_distinct_decision_once_then_restore(tmp_path):
+    """Equal decisions (same adapters and weights) share one switch; other weights do not."""
+    model = tiny_model(layers=2)
+    ads = _adapters(tmp_path, model, layers=(0, 1))
+    before = params(model)
+    toks = mx.array([[1, 5, 9, 33, 12, 7]])
+    ds = [
+        Decision([0, 1], [0.7, 0.3], []),
+        Decision([0, 1], [0.4, 0.6], []),
+        Decision([2], [1.0], []),
+        Decision([0, 1], [0.7, 0.3], []),
+    ]
+    seen = []
+    for members in fused_groups(model, ads, ds):
+        got = np.array(model(toks))
+        seen.append(members)
+        fresh = tiny_model(layers=2)  # the same base, fused from scratch
+        with fused(fresh, ads, ds[members[0]]):
+            np.testing.assert_allclose(got, np.array(fresh(toks)), atol=1e-5)
+    assert seen == [[0, 3], [1], [2]]
+    after = params(model)
+    assert all(np.array_equal(before[k], after[k]) for k in before)

@@ -11,7 +11,8 @@ import mlx_mixlora  # noqa: F401
 from mlx_mixlora.adapter_format import save_adapter
 from mlx_mixlora.errors import MixloraError
 from mlx_mixlora.lora import attach_lora, detach_lora
-from mlx_mixlora.route import attach_mixed, detach_mixed, load_adapters, mixed_forward, set_routes
+from mlx_mixlora.route import attach_mixed, detach_mixed, load_adapters, mixed_forward
+from mlx_mixlora.route.mixed import set_routes
 
 
 def _adapters(tmp_path, model):

@@ -2,33 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from ..tasks.phrasing import TRAIN_STYLES
-from ..validate import COUNT, FRACTION, NON_NEGATIVE_INT, POSITIVE, SEED
-
-
-class GreedyCommand(click.Command):
-    """Lets `--adapters A B C` take several values (rewritten to repeated options)."""
-
-    greedy = ("--adapters",)
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        out: list[str] = []
-        current = None
-        for a in args:
-            if a in self.greedy:
-                current = a
-            elif current is not None and not a.startswith("-"):
-                out += [current, a]
-            else:
-                current = None
-                out.append(a)
-        return super().parse_args(ctx, out)
-
-
-def split_list(value: str | None) -> list[str] | None:
-    return [x.strip() for x in value.split(",") if x.strip()] if value else None
+from ..validate import COUNT, NON_NEGATIVE_INT, POSITIVE, SEED
+from .route_options import GreedyCommand, decision_options, inputs, prompts_option, split_list
 
 
 @click.group()
@@ -37,10 +16,7 @@ def gate() -> None:
 
 
 @gate.command("train", cls=GreedyCommand)
-@click.option("--model", "model_dir", required=True, type=click.Path(), help="MLX model directory.")
-@click.option(
-    "--adapters", multiple=True, required=True, help="Adapter directories (in gate output order)."
-)
+@inputs(adapters_help="Adapter directories (in gate output order).")
 @click.option(
     "-o", "--out", "out", required=True, type=click.Path(), help="Gate directory to write."
 )
@@ -52,12 +28,8 @@ def gate() -> None:
     help="Task data (synthetic, hub, a task data path), or your own routing data: a jsonl of "
     '{"prompt", "adapter"} rows, or a directory with one NAME.jsonl of prompts per adapter.',
 )
-@click.option(
-    "--prompts",
-    type=click.Choice(TRAIN_STYLES),
-    default="varied",
-    show_default=True,
-    help="Task prompts: the template plus each task's train phrasings, or the template only.",
+@prompts_option(
+    "Task prompts: the template plus each task's train phrasings, or the template only."
 )
 @click.option(
     "--n-per-task", type=COUNT, default=200, show_default=True, help="Training prompts per task."
@@ -77,11 +49,7 @@ def gate() -> None:
 @click.option("--hidden", type=COUNT, default=64, show_default=True, help="Gate MLP width.")
 @click.option("--steps", type=COUNT, default=300, show_default=True)
 @click.option("--lr", type=POSITIVE, default=3e-3, show_default=True)
-@click.option(
-    "--mode", type=click.Choice(["top1", "topk", "threshold"]), default="top1", show_default=True
-)
-@click.option("--top-k", type=COUNT, default=2, show_default=True)
-@click.option("--threshold", type=FRACTION, default=0.5, show_default=True)
+@decision_options(["top1", "topk", "threshold"], mode="top1", top_k=2, threshold=0.5)
 @click.option(
     "--n-eval",
     type=NON_NEGATIVE_INT,
@@ -118,33 +86,18 @@ def train(
     held-out phrasings. With your own data (--data FILE.jsonl or DIR) it trains on
     90% of the prompts and reports accuracy on the other 10%.
     """
-    from pathlib import Path
-
     import mlx_mixlora  # noqa: F401
 
     from ..errors import MixloraError
     from ..io import check_output
-    from ..route import (
-        adapter_tasks,
-        build_gate,
-        encode_prompts,
-        evaluate_routing,
-        feature_layer,
-        feature_pool,
-        labelled_prompts,
-        prompt_features,
-        save_gate,
-    )
+    from ..route.accuracy import evaluate_routing
+    from ..route.embed import encode_prompts, feature_layer, feature_pool, prompt_features
+    from ..route.gate import build_gate, save_gate
+    from ..route.prompts import adapter_tasks, labelled_prompts
     from ..route.session import load_setup
     from ..route.user_data import is_routing_data, read_routing_rows, split_rows
 
-    check_output(out, overwrite, model_dir, *adapters)
-    inputs = [model_dir, *adapters] + ([data] if Path(data).exists() else [])
-    check_output(out, overwrite, *inputs)
-    if Path(out).exists() and not overwrite:
-        raise MixloraError(
-            f"output path {out} already exists (choose another path or pass --overwrite)"
-        )
+    check_output(out, overwrite, model_dir, *adapters, *([data] if Path(data).exists() else []))
     if n_per_task < 1 or steps < 1 or hidden < 1:
         raise MixloraError("--n-per-task, --steps and --hidden must be >= 1")
     s = load_setup(model_dir, adapters)

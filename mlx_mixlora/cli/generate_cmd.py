@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import click
 
-from ..validate import COUNT, FRACTION, NON_NEGATIVE, SEED, texts
-from .gate_cmd import GreedyCommand
+from ..validate import COUNT, NON_NEGATIVE, SEED, texts
+from .route_options import GreedyCommand, RouterChoice, decision_options, inputs
 
 
 @click.command(cls=GreedyCommand)
-@click.option("--model", "model_dir", required=True, type=click.Path(), help="MLX model directory.")
-@click.option("--adapters", multiple=True, required=True, help="Adapter directories.")
-@click.option(
-    "--gate", "gate_dir", type=click.Path(), help="Gate directory (from `mixlora gate train`)."
-)
+@inputs(gate_help="Gate directory (from `mixlora gate train`).")
 @click.option(
     "--router",
-    type=click.Choice(["gate", "arrow", "uniform"]),
+    type=RouterChoice(lambda kind: not kind.needs_labels and not kind.fits_prompts),
     default=None,
     help="Router [gate if --gate is given, else arrow].",
 )
@@ -30,14 +26,9 @@ from .gate_cmd import GreedyCommand
 @click.option(
     "-o", "--out", "out", type=click.Path(), help="Batch mode: write results here (jsonl)."
 )
-@click.option(
-    "--mode",
-    type=click.Choice(["top1", "topk", "threshold", "all"]),
-    default=None,
-    help="Routing mode [the gate's, else top1; uniform: all].",
+@decision_options(
+    ["top1", "topk", "threshold", "all"], mode_help="Routing mode [the gate's, else the router's]."
 )
-@click.option("--top-k", type=COUNT, default=None)
-@click.option("--threshold", type=FRACTION, default=None)
 @click.option("--max-tokens", type=COUNT, default=64, show_default=True)
 @click.option(
     "--temp",
@@ -83,18 +74,15 @@ def generate(
 
     from ..errors import MixloraError
     from ..io import atomic_file, check_output
-    from ..route import generate_many, generate_routed
-    from ..route.session import load_setup, make_router
+    from ..route.fused import generate_many, generate_routed
+    from ..route.routers import ROUTERS, make_router
+    from ..route.session import load_setup
     from ..tasks import read_table
 
     if (prompt is None) == (jsonl is None):
         raise MixloraError("give exactly one of --prompt or --jsonl")
     if out and not jsonl:
         raise MixloraError("--out is for batch mode (--jsonl)")
-    if out and Path(out).exists() and not overwrite:
-        raise MixloraError(
-            f"output path {out} already exists (choose another path or pass --overwrite)"
-        )
     if out:
         check_output(out, overwrite, jsonl, model_dir, gate_dir, *adapters, kind="file")
     if max_tokens < 1:
@@ -118,9 +106,9 @@ def generate(
             )
     texts([prompt] if jsonl is None else rows, jsonl or "--prompt")
     s = load_setup(model_dir, adapters)
-    r = make_router(kind, s, gate_dir)
+    r = make_router(kind, s, gate_dir=gate_dir)
     cfg = getattr(r, "config", None)
-    mode = mode or (cfg.mode if cfg else ("all" if kind == "uniform" else "top1"))
+    mode = mode or (cfg.mode if cfg else ROUTERS[kind].mode)
     top_k = top_k if top_k is not None else (cfg.top_k if cfg else 2)
     threshold = threshold if threshold is not None else (cfg.threshold if cfg else 0.5)
     mx.random.seed(seed)

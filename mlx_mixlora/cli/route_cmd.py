@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .gate_cmd import GreedyCommand, split_list
-
-ROUTERS = ("gate", "arrow", "centroid", "uniform", "oracle")
+from .route_options import GreedyCommand, inputs, split_list
 
 
 @click.group()
@@ -15,13 +13,12 @@ def route() -> None:
 
 
 @route.command("eval", cls=GreedyCommand)
-@click.option("--model", "model_dir", required=True, type=click.Path(), help="MLX model directory.")
-@click.option("--adapters", multiple=True, required=True, help="Adapter directories.")
-@click.option("--gate", "gate_dir", type=click.Path(), help="Gate directory (for the gate router).")
+@inputs(gate_help="Gate directory (for the gate router).")
 @click.option(
     "--routers",
     default=None,
-    help="Comma list of gate,arrow,centroid,uniform,oracle [gate if --gate, arrow, centroid].",
+    help="Comma list of router names (an unknown name lists them) "
+    "[every router that routes by the prompt alone; the gate only with --gate].",
 )
 @click.option("--tasks", help="Comma list: the task of each adapter (default: each config's task).")
 @click.option(
@@ -76,31 +73,21 @@ def eval_(
     test rows in held-out phrasings (wordings no training saw), and the
     hand-written natural-request set. Plots show the template prompts.
     """
-    from pathlib import Path
-
     import mlx_mixlora  # noqa: F401
 
     from ..errors import MixloraError
-    from ..io import atomic_dir, write_json
-    from ..route import (
-        STYLE_NAMES,
-        accuracy_summary,
-        adapter_tasks,
-        evaluate_routing,
-        plot_confusion,
-        plot_weights,
-        routing_prompt_sets,
-    )
-    from ..route.session import load_setup, make_router
+    from ..io import atomic_dir, check_output, write_json
+    from ..route.accuracy import accuracy_summary, evaluate_routing, plot_confusion, plot_weights
+    from ..route.prompts import STYLE_NAMES, adapter_tasks, routing_prompt_sets
+    from ..route.routers import ROUTERS, make_router, router_kind
+    from ..route.session import load_setup
 
-    if Path(out).exists() and not overwrite:
-        raise MixloraError(
-            f"output path {out} already exists (choose another path or pass --overwrite)"
-        )
-    kinds = split_list(routers) or (["gate"] if gate_dir else []) + ["arrow", "centroid"]
-    bad = [k for k in kinds if k not in ROUTERS]
-    if bad:
-        raise MixloraError(f"unknown router {bad[0]!r}; use {', '.join(ROUTERS)}")
+    check_output(out, overwrite, model_dir, *adapters, gate_dir)
+    kinds = split_list(routers) or [
+        k for k, kind in ROUTERS.items() if kind.routes and (gate_dir or k != "gate")
+    ]
+    for k in kinds:
+        router_kind(k)  # an unknown name fails before anything loads
     if n_per_task < 1:
         raise MixloraError("--n must be >= 1")
     s = load_setup(model_dir, adapters)
@@ -113,7 +100,7 @@ def eval_(
         built[k] = make_router(
             k,
             s,
-            gate_dir,
+            gate_dir=gate_dir,
             layer=layer if layer is not None else (gate.layer if gate else None),
             tasks=task_list,
             n_per_task=n_train,
@@ -123,9 +110,7 @@ def eval_(
     by_prompts: dict[str, dict] = {}
     for style, (texts, truth) in prompt_sets.items():
         by_prompts[style] = {
-            k: evaluate_routing(
-                r, s.model, s.tokenizer, texts, truth, mode="all" if k == "uniform" else "top1"
-            )
+            k: evaluate_routing(r, s.model, s.tokenizer, texts, truth, mode=ROUTERS[k].mode)
             for k, r in built.items()
         }
     results = by_prompts["template"]
@@ -171,18 +156,20 @@ def eval_(
 
 def _task_scores(s, built: dict, task_list: list[str], split: str, n: int, data: str) -> dict:
     """Task metrics with each router's decisions fused in; mean and retention vs the oracle."""
-    from ..route import OracleRouter, score_routed
+    from ..route.routers import ROUTERS, make_router
+    from ..route.score import score_routed
     from ..tasks import get_task, load_examples
 
     routers = dict(built)
-    routers.setdefault("oracle", OracleRouter(len(s.adapters)))
+    if "oracle" not in routers:
+        routers["oracle"] = make_router("oracle", s)
     out: dict = {}
     for k, r in routers.items():
         per = {}
         for i, t in enumerate(task_list):
             task = get_task(t)
             ex = load_examples(task, data, split, n=n)
-            mode = "all" if k == "uniform" else "top1"
+            mode = ROUTERS[k].mode
             res = score_routed(s.model, s.tokenizer, task, ex, r, s.adapters, label=i, mode=mode)
             per[t] = {key: round(v, 4) if isinstance(v, float) else v for key, v in res.items()}
         out[k] = {"tasks": per, "mean": sum(v["score"] for v in per.values()) / len(per)}

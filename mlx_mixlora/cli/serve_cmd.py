@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .gate_cmd import GreedyCommand
+from .route_options import GreedyCommand, inputs
 
 
 @click.command(cls=GreedyCommand)
-@click.option("--model", "model_dir", required=True, type=click.Path(), help="MLX model directory.")
-@click.option("--adapters", multiple=True, required=True, help="Adapter directories.")
-@click.option(
-    "--gate", "gate_dir", type=click.Path(), help="Gate directory: enables the 'auto' model."
-)
+@inputs(gate_help="Gate directory: enables the 'auto' model.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8080, show_default=True, help="Port (0: any free one).")
 @click.option("--api-key", default=None, help="Require 'Authorization: Bearer KEY' on requests.")

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from .. import __version__
+from .. import route as R
 from ..adapter_format import read_adapter
 from ..cache import cache_root
 from ..convert import convert_hf_to_mlx
@@ -27,6 +28,9 @@ from ..merge.methods import METHODS
 from ..model import base_identity, load
 from ..nano import SOURCE as NANO_SOURCE
 from ..nano import ensure_nano_base
+from ..route.accuracy import accuracy_summary
+from ..route.prompts import fit_features, routing_prompt_sets
+from ..route.session import Setup
 from ..scoring import Method, adapter_method, base_method, evaluate_matrix
 from ..tasks import BUILTIN_TASKS, load_examples, resolve_task
 from ..tasks.natural import natural_examples
@@ -213,43 +217,29 @@ def _routing_methods(
 ) -> tuple[list[Method], dict]:
     """Per-prompt routing, learned and training-free, plus its bounds (issue: seed 003).
 
-    The learned top-1 gate (the seed's MixLoRA), nearest centroid of the adapters'
-    training prompts, Arrow (no training data at all), a uniform merge of every
-    adapter (what routing should beat) and the oracle (each prompt on its own
-    task's adapter: the ceiling). Gate and centroid share one pass over the
-    training prompts (template plus train phrasings). Also returns each data-driven
-    router's routing accuracy on template prompts, held-out phrasings and the
-    natural-request set.
+    Every router of `route.ROUTERS`: the learned top-1 gate (the seed's MixLoRA,
+    trained here rather than loaded), nearest centroid of the adapters' training
+    prompts, Arrow (no training data at all), a uniform merge of every adapter
+    (what routing should beat) and the oracle (each prompt on its own task's
+    adapter: the ceiling). Gate and centroid share one pass over the training
+    prompts (template plus train phrasings). Also returns the routing accuracy of
+    each router that routes by the prompt alone, on template prompts, held-out
+    phrasings and the natural-request set.
     """
-    from .. import route as R
-
     t0 = time.perf_counter()
     loaded = R.load_adapters(list(adapters.values()), base=identity)
-    layer, pool = R.feature_layer(model, loaded), R.feature_pool()
-    feats = R.training_features(
-        model, tok, loaded, layer, data=cfg.data, seed=cfg.seed, pool=pool, prompts=cfg.prompts
+    layer, pool, feats, labels = fit_features(
+        model, tok, loaded, data=cfg.data, seed=cfg.seed, prompts=cfg.prompts
     )
+    shared = dict(layer=layer, pool=pool, features=(feats, labels))  # one pass, gate and centroid
     gate = R.build_gate(
-        model,
-        tok,
-        loaded,
-        layer=layer,
-        data=cfg.data,
-        seed=cfg.seed,
-        features=feats,
-        pool=pool,
-        prompts=cfg.prompts,
+        model, tok, loaded, data=cfg.data, seed=cfg.seed, prompts=cfg.prompts, **shared
     )
     timings["route:gate"] = time.perf_counter() - t0
-    centroid = R.build_centroid(model, tok, loaded, layer=layer, features=feats, pool=pool)
-    n = len(loaded)
-    routers = (
-        ("route:gate-top1", gate, "top1"),
-        ("route:centroid-top1", centroid, "top1"),
-        ("route:arrow-top1", R.ArrowRouter(loaded), "top1"),
-        ("route:uniform-merge", R.UniformRouter(n), "all"),
-        ("route:oracle", R.OracleRouter(n), "top1"),
-    )
+    setup = Setup(model, tok, loaded, identity)
+    routers = {  # the gate is trained here; every other router comes from the table
+        name: gate if name == "gate" else R.make_router(name, setup, **shared) for name in R.ROUTERS
+    }
     names = list(adapters)
 
     def scorer(router, mode):
@@ -261,16 +251,22 @@ def _routing_methods(
 
     t0 = time.perf_counter()
     tasks = R.adapter_tasks(loaded)
-    sets = R.routing_prompt_sets(tasks, "test", cfg.eval_examples, cfg.data, cfg.seed)
+    sets = routing_prompt_sets(tasks, "test", cfg.eval_examples, cfg.data, cfg.seed)
     accuracy = {
-        name: {
-            style: R.accuracy_summary(R.evaluate_routing(r, model, tok, *sets[style]), tasks)
+        f"route:{R.ROUTERS[name].title}": {
+            style: accuracy_summary(R.evaluate_routing(r, model, tok, *sets[style]), tasks)
             for style in sets
         }
-        for name, r, _ in routers[:3]
+        for name, r in routers.items()
+        if R.ROUTERS[name].routes
     }
     timings["route:accuracy"] = time.perf_counter() - t0
-    methods = [Method(name, kind="route", score=scorer(r, mode)) for name, r, mode in routers]
+    methods = [
+        Method(
+            f"route:{R.ROUTERS[name].title}", kind="route", score=scorer(r, R.ROUTERS[name].mode)
+        )
+        for name, r in routers.items()
+    ]
     return methods, accuracy
 
 

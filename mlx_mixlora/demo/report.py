@@ -126,7 +126,7 @@ def routing_accuracy_table(results: dict) -> str:
     acc = results.get("routing_accuracy") or {}
     if not acc:
         return ""
-    from ..route import STYLE_NAMES
+    from ..route.prompts import STYLE_NAMES
 
     tasks = results["tasks"]
     lines = [

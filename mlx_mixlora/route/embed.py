@@ -7,7 +7,8 @@ attends to the whole prompt once `layer` >= 1). Layers below
 `layer` see no adapter when every adapter sits at layers >= `layer`, so their
 KV cache from the routing pass *is* the adapted model's cache: the prefill
 continues from layer `layer` with the chosen adapter and routing costs no
-second pass over the lower layers.
+second pass over the lower layers. `feature_layer`/`feature_pool` give the
+defaults every feature router and gate uses.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ import numpy as np
 from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import make_prompt_cache
 
+from ..adapter_format import Adapter
 from ..errors import MixloraError
+from ..modules import n_layers
+
+POOLS = ("mean", "last")
+DEFAULT_POOL = "mean"
 
 
 def _inner(model: Any) -> Any:
@@ -30,12 +36,8 @@ def _inner(model: Any) -> Any:
     return inner
 
 
-def num_layers(model: Any) -> int:
-    return len(_inner(model).layers)
-
-
 def check_layer(model: Any, layer: int) -> int:
-    n = num_layers(model)
+    n = n_layers(model)
     if not 0 <= int(layer) <= n:
         raise MixloraError(f"embedding layer {layer} is outside 0..{n} (the model has {n} layers)")
     return int(layer)
@@ -67,13 +69,33 @@ def run_upper(
     return model.lm_head(h)
 
 
-POOLS = ("mean", "last")
-
-
 def check_pool(pool: str) -> str:
     if pool not in POOLS:
         raise MixloraError(f"unknown feature pooling {pool!r}; use {', '.join(POOLS)}")
     return pool
+
+
+def feature_layer(model: Any, adapters: list[Adapter], layer: int | None = None) -> int:
+    """The embedding layer: `layer` if given, else the lowest adapted layer capped at n/2.
+
+    At or below every adapter's lowest layer the routing pass's KV cache is reused.
+    """
+    if layer is None:
+        layer = min(min(a.config.layers) for a in adapters)
+        layer = min(layer, n_layers(model) // 2)
+    return check_layer(model, layer)
+
+
+def feature_pool(pool: str | None = None) -> str:
+    """The feature pooling: `pool` if given, else `DEFAULT_POOL`."""
+    return check_pool(pool or DEFAULT_POOL)
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    out = [list(tokenizer.encode(p)) for p in prompts]
+    if any(len(t) == 0 for t in out):
+        raise MixloraError("a prompt encodes to no tokens")
+    return out
 
 
 def mean_pool(h: mx.array, lengths: Sequence[int]) -> mx.array:
@@ -118,6 +140,22 @@ def prompt_features(
         f = pool_states(run_lower(model, batch, layer), lens, pool)
         out[idx] = np.array(f)
     return out
+
+
+class FeatureRouter:
+    """A router on pooled layer-`layer` prompt features (supports KV-cache reuse)."""
+
+    layer: int
+    n_adapters: int
+    pool: str = DEFAULT_POOL
+
+    def probs_from_features(self, feats: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def probs(self, model: Any, token_lists: Sequence[Sequence[int]], labels=None) -> np.ndarray:
+        return self.probs_from_features(
+            prompt_features(model, token_lists, self.layer, pool=self.pool)
+        )
 
 
 class RoutedPrefill:

@@ -1,9 +1,10 @@
 """Single-prompt execution: fuse the routed adapter(s) into the base, generate, restore.
 
-The chosen adapters become one factor pair per module, B' = [w₁s₁B₁ | w₂s₂B₂ …]
-and A' = [A₁; A₂; …], fused with `fuse.fuse_deltas` (one
-`addmm` per weight). Decoding then runs at base speed with mlx-lm's KV cache and
-sampler, and `restore` puts the original weight arrays back, bit for bit.
+The chosen adapters become one factor pair per module (`decision.decision_updates`),
+fused with `fuse.fuse_deltas` (one `addmm` per weight). Decoding then runs at
+base speed with mlx-lm's KV cache and sampler, and `restore` puts the original
+weight arrays back, bit for bit. Many prompts: `generate_many` runs mixed-adapter
+batches (`mixed.py`) or fuses once per distinct decision (`switch.AdapterSwitcher`).
 """
 
 from __future__ import annotations
@@ -14,43 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
+from mlx_lm.generate import stream_generate
 
 from ..adapter_format import Adapter
 from ..fuse import fuse_deltas, restore
-from .embed import RoutedPrefill
-from .routers import Decision, FeatureRouter, decide
-
-
-def decision_updates(
-    adapters: list[Adapter], decision: Decision
-) -> dict[str, tuple[mx.array, mx.array]]:
-    """{module path: (B', A')} with B'·A' = Σ wᵢ·ΔWᵢ over the decision's adapters."""
-    parts: dict[str, list[tuple[mx.array, mx.array]]] = {}
-    for i, w in zip(decision.indices, decision.weights, strict=True):
-        if w == 0:
-            continue
-        for p in adapters[i].module_paths():
-            parts.setdefault(p, []).append(adapters[i].factors(p, w))
-    return {
-        p: (mx.concatenate([b for b, _ in fs], axis=1), mx.concatenate([a for _, a in fs], axis=0))
-        for p, fs in parts.items()
-    }
+from .decision import Decision, decide, decision_updates
+from .embed import FeatureRouter, RoutedPrefill, encode_prompts
+from .mixed import attach_mixed, detach_mixed, mixed_generate
+from .switch import fused_groups
 
 
 @contextlib.contextmanager
-def fused(
-    model: Any, adapters: list[Adapter], decision: Decision, switcher: Any = None
-) -> Iterator[None]:
-    """Within the block the model computes with the decision's adapters fused in.
-
-    Without a `switcher` this is the merging package's `fuse_deltas`/`restore`;
-    with an `AdapterSwitcher` (many decisions in a row) the fused weights are
-    streamed into the previous decision's buffers.
-    """
-    if switcher is not None:
-        with switcher.fused(decision):
-            yield
-        return
+def fused(model: Any, adapters: list[Adapter], decision: Decision) -> Iterator[None]:
+    """Within the block the model computes with the decision's adapters fused in."""
     handle = fuse_deltas(model, decision_updates(adapters, decision)) if decision.indices else {}
     try:
         yield
@@ -84,8 +61,6 @@ def generate_routed(
     With a feature router whose layer L is at or below every adapter's lowest
     layer, the routing pass's KV cache for layers < L is reused by the prefill.
     """
-    from mlx_lm.generate import stream_generate
-
     tokens = list(tokenizer.encode(prompt))
     prefill = None
     if decision is None:
@@ -134,8 +109,6 @@ def generate_many(
     Otherwise (mixtures, or `batch_size` <= 1): fuse once per distinct decision
     (`AdapterSwitcher`) and generate that group's prompts one by one.
     """
-    from .routers import encode_prompts
-
     token_lists = encode_prompts(tokenizer, prompts)
     decisions = decide(router.probs(model, token_lists), mode, top_k=top_k, threshold=threshold)
     if batch_size > 1 and all(len(d.indices) <= 1 for d in decisions):
@@ -150,8 +123,6 @@ def generate_many(
 def _generate_mixed(
     model, tokenizer, adapters, token_lists, decisions, max_tokens, sampler, batch_size
 ):
-    from .mixed import attach_mixed, detach_mixed, mixed_generate
-
     eos = list(getattr(tokenizer, "eos_token_ids", None) or [tokenizer.eos_token_id])
     out: list[RoutedGeneration] = []
     attach_mixed(model, adapters)
@@ -171,25 +142,15 @@ def _generate_mixed(
 
 
 def _generate_grouped(model, tokenizer, adapters, token_lists, decisions, max_tokens, sampler):
-    from mlx_lm.generate import stream_generate
-
-    from .switch import AdapterSwitcher
-
-    groups: dict[tuple, list[int]] = {}
-    for i, d in enumerate(decisions):
-        groups.setdefault((tuple(d.indices), tuple(round(w, 6) for w in d.weights)), []).append(i)
     kw: dict[str, Any] = {"max_tokens": max_tokens}
     if sampler is not None:
         kw["sampler"] = sampler
     out: list[RoutedGeneration | None] = [None] * len(token_lists)
-    switcher = AdapterSwitcher(model, adapters)
-    for members in groups.values():
-        with fused(model, adapters, decisions[members[0]], switcher):
-            for i in members:
-                toks, text = [], []
-                for r in stream_generate(model, tokenizer, mx.array(token_lists[i]), **kw):
-                    toks.append(int(r.token))
-                    text.append(r.text)
-                out[i] = RoutedGeneration(decisions[i], "".join(text), toks)
-    switcher.release()
+    for members in fused_groups(model, adapters, decisions):
+        for i in members:
+            toks, text = [], []
+            for r in stream_generate(model, tokenizer, mx.array(token_lists[i]), **kw):
+                toks.append(int(r.token))
+                text.append(r.text)
+            out[i] = RoutedGeneration(decisions[i], "".join(text), toks)
     return out  # type: ignore[return-value]

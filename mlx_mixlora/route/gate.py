@@ -8,11 +8,13 @@ AdamW steps on an [N, D] matrix: seconds on CPU.
 On disk: ``gate.safetensors`` (MLP weights + feature mean/std) and ``gate.json``
 (format, embedding layer, sizes, routing mode, the adapters' identities, the
 base's identity and training stats). A gate loaded against a different adapter
-set is refused: its outputs index adapters by position.
+set is refused: its outputs index adapters by position. `build_gate` fits one
+on the adapters' task prompts; `load_gate_router` reads one back as a router.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,9 @@ from mlx.utils import tree_flatten
 from ..adapter_format import Adapter
 from ..errors import MixloraError
 from ..io import atomic_dir, check_safetensors_header, read_json, write_json
-from ..validate import finite_tensors, gate_fields
-from .embed import POOLS
+from ..validate import finite_tensors, gate_fields, same_base
+from .embed import POOLS, FeatureRouter
+from .prompts import adapter_tasks, fit_features
 
 GATE_FORMAT = "mlx-mixlora/gate"
 GATE_VERSION = 1
@@ -176,3 +179,87 @@ def check_gate_adapters(config: GateConfig, adapters: list[Adapter], source: str
             f"(same order and weights); got {[n for n, _ in have]}"
             + (" with different weights" if [n for n, _ in want] == [n for n, _ in have] else "")
         )
+
+
+class GateRouter(FeatureRouter):
+    """The learned gate as a router: softmax of the MLP on pooled layer-L features."""
+
+    name = "gate"
+
+    def __init__(self, gate: GateMLP, config: GateConfig):
+        self.gate, self.config = gate, config
+        self.layer, self.n_adapters, self.pool = config.layer, config.n_adapters, config.pool
+
+    def probs_from_features(self, feats: np.ndarray) -> np.ndarray:
+        return self.gate.probs(feats)
+
+
+def build_gate(
+    model: Any,
+    tokenizer: Any,
+    adapters: list[Adapter],
+    *,
+    layer: int | None = None,
+    tasks: Sequence[str] | None = None,
+    n_per_task: int = 200,
+    data: str = "synthetic",
+    hidden: int = 64,
+    steps: int = 300,
+    lr: float = 3e-3,
+    mode: str = "top1",
+    top_k: int = 2,
+    threshold: float = 0.5,
+    base_model: dict | None = None,
+    seed: int = 0,
+    features: tuple[np.ndarray, np.ndarray] | None = None,
+    pool: str | None = None,
+    prompts: str = "varied",
+) -> GateRouter:
+    """Train a gate on the adapters' task prompts; `features` skips the embedding pass."""
+    layer, pool, feats, labels = fit_features(
+        model,
+        tokenizer,
+        adapters,
+        layer=layer,
+        pool=pool,
+        features=features,
+        tasks=tasks,
+        n_per_task=n_per_task,
+        data=data,
+        seed=seed,
+        prompts=prompts,
+    )
+    gate, stats = train_gate(
+        feats, labels, len(adapters), hidden=hidden, steps=steps, lr=lr, seed=seed
+    )
+    config = GateConfig(
+        layer=layer,
+        hidden_size=int(feats.shape[1]),
+        gate_hidden=hidden,
+        adapters=[a.identity() for a in adapters],
+        pool=pool,
+        mode=mode,
+        top_k=top_k,
+        threshold=threshold,
+        base_model=dict(base_model or {}),
+        train={
+            **stats,
+            # `prompts="user"`: the caller's own labelled prompts, no registry tasks
+            "tasks": None if prompts == "user" else adapter_tasks(adapters, tasks),
+            "data": data,
+            "prompts": prompts,
+            "lr": lr,
+            "seed": seed,
+        },
+    )
+    return GateRouter(gate, config)
+
+
+def load_gate_router(
+    gate_dir: str | Path, adapters: list[Adapter], base: dict | None = None
+) -> GateRouter:
+    """Load a saved gate; refuse it unless trained for exactly these adapters (and `base`)."""
+    gate, config = load_gate(gate_dir)
+    check_gate_adapters(config, adapters, source=str(gate_dir))
+    router = GateRouter(gate, config)
+    return router if base is None else same_base(router, base, gate_dir)

@@ -20,10 +20,11 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.cache import BatchKVCache
 
 from ..adapter_format import Adapter
 from ..errors import MixloraError
-from ..modules import get_module, linear_at, set_module
+from ..modules import linear_at, set_module
 
 
 def default_backend() -> str:
@@ -164,8 +165,6 @@ def mixed_generate(
     masks); `sampler` maps log-probs [B, V] to tokens [B] (default greedy).
     A row stops at its first EOS token; the batch stops when every row has.
     """
-    from mlx_lm.models.cache import BatchKVCache
-
     if max_tokens < 1:
         raise MixloraError(f"max_tokens must be >= 1, got {max_tokens}")
     if any(len(t) == 0 for t in token_lists):
@@ -192,14 +191,3 @@ def mixed_generate(
             break
         logits = model(y[:, None], cache=cache)[:, -1, :]
     return out
-
-
-__all__ = [
-    "MixedLoRALinear",
-    "attach_mixed",
-    "detach_mixed",
-    "get_module",
-    "mixed_forward",
-    "mixed_generate",
-    "set_routes",
-]

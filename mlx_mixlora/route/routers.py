@@ -1,28 +1,29 @@
-"""Routers: map prompts to weights over adapters, then a mode turns weights into a decision.
+"""Routers map prompts to weights over adapters; `ROUTERS` is the one table of them.
 
-Every router gives `probs(model, token_lists, labels=None) -> [N, n_adapters]`:
+Every router gives `probs(model, token_lists, labels=None) -> [N, n_adapters]`
+(`Router`); `decision.decide(probs, mode)` turns weights into what runs.
 
-- `GateRouter` — the learned gate on pooled layer-L features (seed 003);
-- `CentroidRouter` — cosine similarity to the mean feature of each adapter's
+- ``gate`` — the learned gate on pooled layer-L features (seed 003), see `gate.py`;
+- ``centroid`` — cosine similarity to the mean feature of each adapter's
   training prompts (training-free), softmax at temperature `tau`;
-- `ArrowRouter` — Arrow (Ostapenko et al. 2024), see `arrow.py`. Arrow routes each
+- ``arrow`` — Arrow (Ostapenko et al. 2024), see `arrow.py`. Arrow routes each
   token at each LoRA module with softmax over |⟨x, vᵢ⟩|; we implement that rule
   on the inputs x of the modules all adapters share, then average the per-token,
   per-module softmax weights over the prompt's tokens and modules to get one
   prompt-level distribution (a base forward over the whole prompt);
-- `OracleRouter` — the true task's adapter (needs labels); `UniformRouter` —
-  equal weights over all adapters (the uniform-merge baseline).
+- ``uniform`` — equal weights over all adapters, run in mode ``all`` (the
+  uniform-merge baseline); ``oracle`` — the true task's adapter (needs labels).
 
-`decide(probs, mode)`: ``top1`` (sparse), ``topk`` (k largest, renormalised —
-executed as a weighted merge of the k), ``threshold`` (top-1 if its weight is at
-least `threshold`, else the base model), ``all`` (every adapter at its weight).
+`make_router(name, setup, **options)` builds one by name; `mixlora route eval`,
+`mixlora generate` and the demo read their router lists from `ROUTERS`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -32,82 +33,20 @@ from ..adapter_format import Adapter
 from ..errors import MixloraError
 from ..modules import linear_at, set_module
 from .arrow import arrow_prototypes
-from .embed import check_layer, check_pool, prompt_features
-from .gate import GateConfig, GateMLP
-
-DECISION_MODES = ("top1", "topk", "threshold", "all")
-DEFAULT_POOL = "mean"
-
-
-@dataclass
-class Decision:
-    """Adapters to apply (empty: the base model) with their mixing weights, plus all weights."""
-
-    indices: list[int]
-    weights: list[float]
-    probs: list[float]
-
-    @property
-    def top1(self) -> int:
-        """The chosen adapter, or -1 for the base model."""
-        return self.indices[int(np.argmax(self.weights))] if self.indices else -1
+from .decision import decide
+from .embed import FeatureRouter, encode_prompts
+from .gate import load_gate_router
+from .prompts import fit_features
+from .session import Setup
 
 
-def decide(
-    probs: np.ndarray, mode: str = "top1", top_k: int = 2, threshold: float = 0.5
-) -> list[Decision]:
-    """Turn router weights [N, n] into one `Decision` per prompt."""
-    if mode not in DECISION_MODES:
-        raise MixloraError(f"unknown routing mode {mode!r}; use {', '.join(DECISION_MODES)}")
-    probs = np.asarray(probs, dtype=np.float64)
-    out = []
-    for p in probs:
-        order = [int(i) for i in np.argsort(-p, kind="stable")]
-        if mode == "top1":
-            idx = order[:1]
-        elif mode == "topk":
-            if top_k < 1:
-                raise MixloraError(f"top_k must be >= 1, got {top_k}")
-            idx = order[:top_k]
-        elif mode == "threshold":
-            idx = order[:1] if p[order[0]] >= threshold else []
-        else:
-            idx = order
-        w = p[idx]
-        w = (
-            (w / w.sum()).tolist()
-            if len(idx) and w.sum() > 0
-            else [1.0 / max(len(idx), 1)] * len(idx)
-        )
-        out.append(Decision(idx, [float(x) for x in w], [float(x) for x in p]))
-    return out
-
-
-class FeatureRouter:
-    """A router on pooled layer-`layer` prompt features (supports KV-cache reuse)."""
-
-    layer: int
+class Router(Protocol):
+    name: str
     n_adapters: int
-    pool: str = "mean"
 
-    def probs_from_features(self, feats: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def probs(self, model: Any, token_lists: Sequence[Sequence[int]], labels=None) -> np.ndarray:
-        return self.probs_from_features(
-            prompt_features(model, token_lists, self.layer, pool=self.pool)
-        )
-
-
-class GateRouter(FeatureRouter):
-    name = "gate"
-
-    def __init__(self, gate: GateMLP, config: GateConfig):
-        self.gate, self.config = gate, config
-        self.layer, self.n_adapters, self.pool = config.layer, config.n_adapters, config.pool
-
-    def probs_from_features(self, feats: np.ndarray) -> np.ndarray:
-        return self.gate.probs(feats)
+    def probs(
+        self, model: Any, token_lists: Sequence[Sequence[int]], labels: Sequence[int] | None = None
+    ) -> np.ndarray: ...
 
 
 class CentroidRouter(FeatureRouter):
@@ -144,6 +83,14 @@ class CentroidRouter(FeatureRouter):
         s = self._norm(feats) @ self.centroids.T / self.tau
         e = np.exp(s - s.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
+
+
+def build_centroid(
+    model: Any, tokenizer: Any, adapters: list[Adapter], **fit: Any
+) -> CentroidRouter:
+    """Centroids of the adapters' task prompts; `fit`: `prompts.fit_features` options."""
+    layer, pool, feats, labels = fit_features(model, tokenizer, adapters, **fit)
+    return CentroidRouter(feats, labels, len(adapters), layer, pool=pool)
 
 
 class _ArrowProbe(nn.Module):
@@ -219,15 +166,8 @@ class UniformRouter:
         return np.full((len(token_lists), self.n_adapters), 1.0 / self.n_adapters)
 
 
-def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
-    out = [list(tokenizer.encode(p)) for p in prompts]
-    if any(len(t) == 0 for t in out):
-        raise MixloraError("a prompt encodes to no tokens")
-    return out
-
-
 def route_prompts(
-    router: Any,
+    router: Router,
     model: Any,
     tokenizer: Any,
     prompts: Sequence[str],
@@ -240,18 +180,63 @@ def route_prompts(
     return [d.top1 for d in decide(probs, mode, **kw)]
 
 
-def feature_layer(model: Any, adapters: list[Adapter], layer: int | None = None) -> int:
-    """The embedding layer: `layer` if given, else the lowest adapted layer capped at n/2.
+@dataclass
+class RouterOptions:
+    """What building a router may use; each kind reads the fields it needs."""
 
-    At or below every adapter's lowest layer the routing pass's KV cache is reused.
-    """
-    n = len(model.model.layers)
-    if layer is None:
-        layer = min(min(a.config.layers) for a in adapters)
-        layer = min(layer, n // 2)
-    return check_layer(model, layer)
+    gate_dir: str | Path | None = None  # gate: the trained gate to load
+    layer: int | None = None  # feature routers: embedding layer and pooling [defaults]
+    pool: str | None = None
+    tasks: Sequence[str] | None = None  # centroid: whose training prompts [each config's task]
+    n_per_task: int = 200
+    data: str = "synthetic"
+    features: tuple[np.ndarray, np.ndarray] | None = None  # centroid: computed training features
 
 
-def feature_pool(pool: str | None = None) -> str:
-    """The feature pooling: `pool` if given, else `DEFAULT_POOL`."""
-    return check_pool(pool or DEFAULT_POOL)
+@dataclass(frozen=True)
+class RouterKind:
+    """How one router is built and run."""
+
+    build: Callable[[Setup, RouterOptions], Router]
+    title: str  # its row in the demo's report, after "route:"
+    mode: str = "top1"  # the decision mode it runs in (uniform: "all", a merge of every adapter)
+    needs_labels: bool = False  # routes by the true task (oracle): evaluation only
+    fits_prompts: bool = False  # fits on task prompts when built (centroid): not for `generate`
+
+    @property
+    def routes(self) -> bool:
+        """Chooses an adapter from the prompt alone, so its routing accuracy means something."""
+        return not self.needs_labels and self.mode != "all"
+
+
+def _gate(s: Setup, o: RouterOptions) -> Router:
+    if o.gate_dir is None:
+        raise MixloraError(
+            "the gate router needs --gate GATE_DIR (train one with `mixlora gate train`)"
+        )
+    return load_gate_router(o.gate_dir, s.adapters, base=s.base)
+
+
+def _centroid(s: Setup, o: RouterOptions) -> Router:
+    fit = dict(layer=o.layer, pool=o.pool, features=o.features, tasks=o.tasks, data=o.data)
+    return build_centroid(s.model, s.tokenizer, s.adapters, n_per_task=o.n_per_task, **fit)
+
+
+ROUTERS: dict[str, RouterKind] = {
+    "gate": RouterKind(_gate, "gate-top1"),
+    "centroid": RouterKind(_centroid, "centroid-top1", fits_prompts=True),
+    "arrow": RouterKind(lambda s, o: ArrowRouter(s.adapters), "arrow-top1"),
+    "uniform": RouterKind(lambda s, o: UniformRouter(len(s.adapters)), "uniform-merge", "all"),
+    "oracle": RouterKind(lambda s, o: OracleRouter(len(s.adapters)), "oracle", needs_labels=True),
+}
+
+
+def router_kind(name: str) -> RouterKind:
+    if name not in ROUTERS:
+        raise MixloraError(f"unknown router {name!r}; use {', '.join(ROUTERS)}")
+    return ROUTERS[name]
+
+
+def make_router(name: str, setup: Setup, **options: Any) -> Router:
+    """The router `name` from `ROUTERS`, built for `setup`; `options` are `RouterOptions` fields."""
+    return router_kind(name).build(setup, RouterOptions(**options))

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from ..adapter_format import Adapter
-from .fused import fused
-from .routers import decide, encode_prompts
-from .switch import AdapterSwitcher
+from ..scoring import score_task
+from .decision import decide
+from .embed import encode_prompts
+from .switch import fused_groups
 
 _MEAN_KEYS = ("accuracy_gen", "accuracy_ll", "rouge_l", "score", "chance")
 
@@ -38,25 +39,17 @@ def score_routed(
     `label` (the index of the task's own adapter) adds the routing accuracy
     (except in mode ``all``, which routes nowhere) and lets the oracle router work.
     """
-    from ..scoring import score_task
-
     toks = encode_prompts(tokenizer, [e["prompt"] for e in examples])
     labels: Sequence[int] | None = [label] * len(examples) if label is not None else None
     decisions = decide(
         router.probs(model, toks, labels=labels), mode, top_k=top_k, threshold=threshold
     )
-    groups: dict[tuple, list[int]] = {}
-    for i, d in enumerate(decisions):
-        groups.setdefault((tuple(d.indices), tuple(round(w, 6) for w in d.weights)), []).append(i)
     total: dict[str, float] = {}
-    switcher = AdapterSwitcher(model, adapters)
-    for members in groups.values():
-        with fused(model, adapters, decisions[members[0]], switcher):
-            res = score_task(model, tokenizer, task, [examples[i] for i in members])
+    for members in fused_groups(model, adapters, decisions):
+        res = score_task(model, tokenizer, task, [examples[i] for i in members])
         for k in _MEAN_KEYS:
             if k in res:
                 total[k] = total.get(k, 0.0) + res[k] * len(members)
-    switcher.release()
     out: dict[str, Any] = {k: v / len(examples) for k, v in total.items()}
     out["n"] = len(examples)
     chosen = [d.top1 for d in decisions]

@@ -5,7 +5,7 @@ allocated output (on CPU: copy W, then the GEMM reads and writes it again; fresh
 pages also cost page faults). When the model switches from one decision to
 another, the weights fused for the old decision are garbage, so `AdapterSwitcher`
 writes the new ones into those buffers (MLX donates an input buffer nothing else
-holds). Three ways, `method`:
+holds). Both ways fuse with `fuse.fused_weight`, `method`:
 
 - ``"delta"`` (default): the old buffer holds W + B₀·A₀, so the new weights are
   one in-place GEMM away: ``addmm(old, [-B₀ | B₁], [A₀ ; A₁])`` — one read and one
@@ -16,19 +16,16 @@ holds). Three ways, `method`:
   already holds costs nothing;
 - ``"copy"``: ``addmm(slice_update(old, W), B', A')`` — W is copied into the old
   buffer, then the GEMM updates it in place (no allocation), bit-identical to a
-  fresh fuse;
-- ``"stream"``: rebuild each weight in row chunks (``addmm`` on a chunk of W, then
-  `slice_update` into the old buffer) so each chunk's GEMM runs in cache and W is
-  read once; many small GEMMs, so it wins only where BLAS calls are cheap.
+  fresh fuse.
 
-Restoring is exact in every method: the original arrays are kept and put back,
+Restoring is exact in both methods: the original arrays are kept and put back,
 never recomputed.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,31 +35,23 @@ from ..adapter_format import Adapter
 from ..errors import MixloraError
 from ..fuse import fused_weight
 from ..modules import linear_at
-from .fused import decision_updates
-from .routers import Decision
-
-
-def stream_fuse(
-    w: mx.array, b: mx.array, a: mx.array, dst: mx.array | None, chunk_bytes: int
-) -> mx.array:
-    """W + B·A (lazy), built row chunk by row chunk into `dst` (donated when nothing else holds it)."""
-    rows = max(1, chunk_bytes // (w.shape[1] * 4))
-    out = dst if dst is not None else mx.zeros(w.shape, dtype=w.dtype)
-    b32, a32 = b.astype(mx.float32), a.astype(mx.float32)
-    for s in range(0, w.shape[0], rows):
-        blk = mx.addmm(w[s : s + rows].astype(mx.float32), b32[s : s + rows], a32).astype(w.dtype)
-        out = mx.slice_update(out, blk, mx.array([s]), axes=(0,))
-    return out
+from .decision import Decision, decision_updates
 
 
 def copy_fuse(w: mx.array, b: mx.array, a: mx.array, dst: mx.array | None) -> mx.array:
-    """W + B·A (lazy): W copied into `dst` (donated), then one in-place GEMM update."""
+    """W + B·A (lazy): W copied into `dst` (donated), then one in-place GEMM update.
+
+    Not float32: the fp32 sum is computed apart and its cast copied into `dst`.
+    """
     if dst is None:
         return fused_weight(w, (b, a))
     if w.dtype != mx.float32:
-        return mx.slice_update(dst, copy_fuse(w, b, a, None), mx.array([0]), axes=(0,))
-    base = mx.slice_update(dst, w, mx.array([0]), axes=(0,))
-    return mx.addmm(base, b.astype(mx.float32), a.astype(mx.float32))
+        return _into(dst, fused_weight(w, (b, a)))
+    return fused_weight(_into(dst, w), (b, a))
+
+
+def _into(dst: mx.array, x: mx.array) -> mx.array:
+    return mx.slice_update(dst, x, mx.array([0]), axes=(0,))
 
 
 def delta_fuse(
@@ -72,7 +61,7 @@ def delta_fuse(
     (b0, a0), (b1, a1) = old_ba, ba
     b = mx.concatenate([-b0.astype(mx.float32), b1.astype(mx.float32)], axis=1)
     a = mx.concatenate([a0.astype(mx.float32), a1.astype(mx.float32)], axis=0)
-    return mx.addmm(old, b, a)
+    return fused_weight(old, (b, a))
 
 
 @dataclass
@@ -93,15 +82,10 @@ def _key(decision: Decision) -> tuple:
 class AdapterSwitcher:
     """Puts one decision at a time into the model's Linear weights; `restore()` is bit-exact."""
 
-    METHODS = ("delta", "copy", "stream")
+    METHODS = ("delta", "copy")
 
     def __init__(
-        self,
-        model: Any,
-        adapters: list[Adapter],
-        chunk_bytes: int = 1024 * 1024,
-        method: str = "delta",
-        refresh_every: int = 16,
+        self, model: Any, adapters: list[Adapter], method: str = "delta", refresh_every: int = 16
     ):
         if method not in self.METHODS:
             raise MixloraError(
@@ -109,7 +93,7 @@ class AdapterSwitcher:
             )
         if refresh_every < 0:
             raise MixloraError(f"refresh_every must be >= 0, got {refresh_every}")
-        self.model, self.adapters, self.chunk_bytes = model, adapters, chunk_bytes
+        self.model, self.adapters = model, adapters
         self.method, self.refresh_every = method, refresh_every
         self._orig: dict[str, mx.array] = {}  # path -> the base weight, while a fused one is in
         self._live: dict[str, _Fused] = {}  # path -> the fused weight now in the model
@@ -150,8 +134,6 @@ class AdapterSwitcher:
             return spare  # the buffer already holds this decision
         buf, old_ba, deltas = spare.buf, spare.ba, spare.deltas
         spare.buf = None  # drop every reference so MLX can donate the buffer
-        if self.method == "stream":
-            return _Fused(stream_fuse(w, *ba, buf, self.chunk_bytes), w, key, ba, 0)
         delta_ok = same_base and w.dtype == mx.float32 and deltas < self.refresh_every
         if self.method == "delta" and delta_ok:
             return _Fused(delta_fuse(buf, old_ba, ba), w, key, ba, deltas + 1)
@@ -176,3 +158,23 @@ class AdapterSwitcher:
             yield
         finally:
             self.restore()
+
+
+def fused_groups(
+    model: Any, adapters: list[Adapter], decisions: Sequence[Decision]
+) -> Iterator[list[int]]:
+    """Indices of each group of equal decisions, yielded with that decision fused in.
+
+    One switch per distinct decision (weights equal to 6 decimals), through one
+    `AdapterSwitcher`; the base weights are back when the loop ends.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, d in enumerate(decisions):
+        groups.setdefault((tuple(d.indices), tuple(round(w, 6) for w in d.weights)), []).append(i)
+    switcher = AdapterSwitcher(model, adapters)
+    try:
+        for members in groups.values():
+            with switcher.fused(decisions[members[0]]):
+                yield members
+    finally:
+        switcher.release()

@@ -29,9 +29,10 @@ import mlx.nn as nn
 from mlx_lm.models.cache import BatchKVCache
 
 from ..errors import MixloraError
-from ..route.embed import num_layers, run_lower, run_upper
+from ..modules import n_layers
+from ..route.decision import decide
+from ..route.embed import run_lower, run_upper
 from ..route.mixed import attach_mixed, set_routes
-from ..route.routers import decide
 from .protocol import ApiError
 from .sampling import RowSampler, sample_rows
 from .text import TextStream
@@ -266,7 +267,7 @@ class Engine:
 def last_logits(model: Any, tokens: mx.array, cache: list) -> mx.array:
     """Logits [B, V] at the last position only: the LM head over every prompt position
     would be most of a prefill's work on CPU (vocab × hidden per token)."""
-    n = num_layers(model)
+    n = n_layers(model)
     h = run_lower(model, tokens, n, cache)
     return run_upper(model, h[:, -1:, :], n)[:, 0, :]
 

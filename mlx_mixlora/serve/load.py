@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import MixloraError
-from ..route import load_gate_router
+from ..route.gate import load_gate_router
 from ..route.session import load_setup
 from .app import Service
 from .engine import Engine
@@ -30,7 +30,7 @@ def load_service(
         raise MixloraError(f"the model directory's name {base_name!r} clashes with an adapter name")
     router, mode, threshold = None, "top1", 0.5
     if gate_dir is not None:
-        router = load_gate_router(gate_dir, s.adapters)
+        router = load_gate_router(gate_dir, s.adapters, base=s.base)
         mode, threshold = router.config.mode, router.config.threshold
     limit = context or getattr(s.model.args, "max_position_embeddings", None) or 2048
     if limit < 2:
