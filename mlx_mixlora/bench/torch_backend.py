@@ -199,6 +199,12 @@ def run(workload: str, spec: BenchSpec, enabled: set[str]) -> list[dict]:
             reset_peak(device)
             return repeat(once, s.repeats, s.warmup)
 
+    def decode_runs(m) -> list[float]:
+        """Decode tokens/s of `m` over the timed runs (warm-up runs dropped)."""
+        reset_peak(device)
+        v = [decode_tps(m, ids, s.decode_tokens, device) for _ in range(s.warmup + s.repeats)]
+        return v[s.warmup :]
+
     if workload == "train":
         if "peft" in enabled:
             r = train_peft(spec.hf_dir, {"a": arr["train"].tolist()}, "a", s, device=device)
@@ -215,11 +221,7 @@ def run(workload: str, spec: BenchSpec, enabled: set[str]) -> list[dict]:
     if workload == "decode":
         ids = torch.tensor(arr["decode"])[None].to(device)
         if "torch" in enabled:
-            reset_peak(device)
-            v = [
-                decode_tps(model, ids, s.decode_tokens, device) for _ in range(s.warmup + s.repeats)
-            ]
-            mem_row("base", "torch", "tokens_per_s", v[s.warmup :], "transformers, greedy + KV cache",
+            mem_row("base", "torch", "tokens_per_s", decode_runs(model), "transformers, greedy + KV cache",
                     prompt_tokens=ids.shape[1], decode_tokens=s.decode_tokens)  # fmt: skip
     if "peft" not in enabled or workload == "train":
         return rows
@@ -234,14 +236,11 @@ def run(workload: str, spec: BenchSpec, enabled: set[str]) -> list[dict]:
                 "peft LoRA (unmerged)")  # fmt: skip
     elif workload == "decode":
         kw = {"prompt_tokens": ids.shape[1], "decode_tokens": s.decode_tokens}
-        reset_peak(device)
-        v = [decode_tps(pm, ids, s.decode_tokens, device) for _ in range(s.warmup + s.repeats)]
-        mem_row("adapter", "peft", "tokens_per_s", v[s.warmup :], "peft LoRA (unmerged)", **kw)
+        mem_row("adapter", "peft", "tokens_per_s", decode_runs(pm), "peft LoRA (unmerged)", **kw)
         pm.merge_adapter()
-        reset_peak(device)
-        v = [decode_tps(pm, ids, s.decode_tokens, device) for _ in range(s.warmup + s.repeats)]
+        v = decode_runs(pm)
         pm.unmerge_adapter()
-        mem_row("fused", "peft", "tokens_per_s", v[s.warmup :], "peft merge_adapter()", **kw)
+        mem_row("fused", "peft", "tokens_per_s", v, "peft merge_adapter()", **kw)
     elif workload == "merge":
         names = [f"a{i}" for i in range(n_load)]
         weights = MERGE_WEIGHTS[:n_load]
