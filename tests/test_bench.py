@@ -239,3 +239,37 @@ def test_m1_reference_limits_match_the_issue_for_tinyllama():
     ref = m1_limits(TINYLLAMA)
     assert round(ref["decode_fp16_tokens_per_s"]) == 33
     assert round(ref["lora_train_fp32_tokens_per_s"], -1) == 590
+
+
+def test_run_json_reads_the_answer_and_never_a_stale_one(tmp_path):
+    from mlx_mixlora.bench.process import run_json
+
+    out = tmp_path / "r.json"
+    out.write_text('{"stale": true}')
+    write = f"import json, time; time.sleep(0.2); json.dump({{'ok': 1}}, open({str(out)!r}, 'w'))"
+    res, wall = run_json([sys.executable, "-c", write], out)
+    assert res == {"ok": 1} and 0.2 <= wall < 30
+    out.write_text('{"stale": true}')
+    res, _ = run_json(
+        [sys.executable, "-c", "import sys; print('x', file=sys.stderr); sys.exit(3)"], out
+    )
+    assert res == {"error": "x"} and not out.exists()
+    res, _ = run_json([sys.executable, "-c", "import sys; sys.exit(3)"], out)
+    assert res == {"error": "exit code 3"}
+    res, _ = run_json([sys.executable, "-c", "import time; time.sleep(30)"], out, timeout=1)
+    assert res == {"error": "timed out after 1 s"}
+
+
+def test_peers_run_as_they_ship(monkeypatch):
+    from mlx_mixlora.bench.process import peer_env
+
+    monkeypatch.delenv("MIXLORA_NO_OPENBLAS", raising=False)
+    monkeypatch.delenv("MIXLORA_NO_MALLOC_TUNING", raising=False)
+    ours, torch, mlx_lm_heap = (
+        peer_env(True),
+        peer_env(False, torch=True),
+        peer_env(False, heap=True),
+    )
+    assert "MIXLORA_NO_MALLOC_TUNING" not in ours and "MIXLORA_NO_OPENBLAS" not in ours
+    assert torch["MIXLORA_NO_OPENBLAS"] == "1" and torch["MIXLORA_NO_MALLOC_TUNING"] == "1"
+    assert "MIXLORA_NO_MALLOC_TUNING" not in mlx_lm_heap
