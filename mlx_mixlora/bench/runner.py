@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import MixloraError
+from ..io import check_output
 from .env import load_average, machine_record
 from .process import peer_env, run_json
 from .reference import m1_limits
@@ -87,11 +88,7 @@ def run_bench(
         if quick:
             shape = "tiny"
         shape_config(shape, layers)
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise MixloraError(
-            f"output path {out} already exists (choose another path or pass --overwrite)"
-        )
+    out = check_output(out, overwrite, model)  # before any work, not only at the final write
     sizes = sizes or (Sizes.quick() if quick else Sizes())
     t0 = time.perf_counter()
     record = machine_record()
