@@ -21,7 +21,7 @@ from .process import peer_env, run_json
 from .reference import m1_limits
 from .report import ratios, write_report
 from .rows import failed
-from .spec import DTYPES, SHAPES, Sizes, check_model_dir, prepare, shape_config
+from .spec import SHAPES, Sizes, check_model, prepare
 
 WORKLOADS = ("train", "prefill", "decode", "merge", "route")
 BACKENDS = ("mlx", "mlx-lm", "torch", "peft")
@@ -78,16 +78,9 @@ def run_bench(
     """Run, write `out`/bench.{json,md,png}, return the result dict."""
     wls = parse_choice(workloads, WORKLOADS, "workload")
     bks = parse_choice(backends, BACKENDS, "backend")
-    if dtype not in DTYPES:
-        raise MixloraError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
-    if model is not None:
-        if layers is not None:
-            raise MixloraError("--layers applies to the random model only; --model runs all layers")
-        check_model_dir(model)
-    else:
-        if quick:
-            shape = "tiny"
-        shape_config(shape, layers)
+    if quick and model is None:
+        shape = "tiny"
+    check_model(shape, layers, model, dtype)
     out = check_output(out, overwrite, model)  # before any work, not only at the final write
     sizes = sizes or (Sizes.quick() if quick else Sizes())
     t0 = time.perf_counter()

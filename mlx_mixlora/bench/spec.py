@@ -232,6 +232,19 @@ def check_model_dir(model: str | Path) -> tuple[Path, dict]:
     return path, config
 
 
+def check_model(
+    shape: str, layers: int | None, model: str | Path | None, dtype: str
+) -> tuple[Path | None, dict]:
+    """The model a request names, checked before any work: (its dir or None for random, config)."""
+    if dtype not in DTYPES:
+        raise MixloraError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
+    if model is None:
+        return None, shape_config(shape, layers)
+    if layers is not None:
+        raise MixloraError("--layers applies to the random model only; --model runs all layers")
+    return check_model_dir(model)
+
+
 def prepare(
     work: Path,
     sizes: Sizes,
@@ -242,13 +255,10 @@ def prepare(
     torch_files: bool = True,
 ) -> BenchSpec:
     """Write the model (random) or take `model`, the adapters, the data, and torch's copies."""
-    if dtype not in DTYPES:
-        raise MixloraError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
-    if model is not None:
-        model_dir, config = check_model_dir(model)
+    model_dir, config = check_model(shape, layers, model, dtype)
+    if model_dir is not None:
         source = f"real weights from {model_dir} ({config['num_hidden_layers']} layers)"
     else:
-        config = shape_config(shape, layers)
         model_dir = random_model(work / "model", config)
         source = (
             f"random weights, {shape}-shaped, {config['num_hidden_layers']} of "
