@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 import mlx_mixlora  # noqa: F401  (OpenBLAS before mlx.core)
-from mlx_mixlora.bench.env import versions
-from mlx_mixlora.io import write_json
+from mlx_mixlora.bench.env import machine_record, versions
+from mlx_mixlora.bench.report import publish
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -154,14 +152,11 @@ def main() -> None:
         results += [measure_form(f, Path(tmp), args.transformers4) for f in FORMS]
     report = {
         "command": " ".join(sys.argv),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": machine_record(gemm=False),
         "versions": versions(),
         "results": results,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        write_json(args.out, report)
+    publish(report, args.out)
 
 
 if __name__ == "__main__":

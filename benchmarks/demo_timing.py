@@ -12,25 +12,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from mlx_mixlora.bench.env import machine_record
+from mlx_mixlora.bench.process import run_json
+from mlx_mixlora.io import write_json
 
 
 def run(out: Path, cache: Path) -> tuple[float, dict]:
-    env = {**os.environ, "MIXLORA_CACHE": str(cache)}
-    t0 = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "mlx_mixlora.cli", "demo", "--out", str(out), "--overwrite", "-q"],
-        check=True,
-        env=env,
-    )
-    wall = time.perf_counter() - t0
-    return wall, json.loads((out / "results.json").read_text())
+    """Wall seconds of a whole `mixlora demo` process, and its results.json."""
+    cmd = [sys.executable, "-m", "mlx_mixlora.cli", "demo", "--out", str(out), "--overwrite", "-q"]
+    results, wall = run_json(cmd, out / "results.json", {**os.environ, "MIXLORA_CACHE": str(cache)})
+    if "error" in results:
+        raise SystemExit(f"mixlora demo failed: {results['error']}")
+    return wall, results
 
 
 def scores(results: dict) -> dict:
@@ -50,7 +48,7 @@ def main() -> None:
     cold_wall, cold = run(Path(args.out) / "cold", cache)
     warm_wall, warm = run(Path(args.out) / "warm", cache)
     report = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": machine_record(gemm=False),
         "cold_seconds": round(cold_wall, 1),
         "warm_seconds": round(warm_wall, 1),
         "cold_stages": cold["timings_s"],
@@ -60,8 +58,7 @@ def main() -> None:
         "base_scores": {t: cold["scores"]["base"][t]["score"] for t in cold["tasks"]},
         "note": "shared 2-core machine: other jobs may have been running",
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.json, report)
     print(json.dumps(report, indent=2))
     if not args.cache:
         shutil.rmtree(cache, ignore_errors=True)

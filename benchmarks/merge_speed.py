@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -50,48 +48,32 @@ import mlx_mixlora  # noqa: F401  (OpenBLAS before mlx.core: without it MLX's GE
 import mlx.core as mx
 import numpy as np
 
-NAMES = ["t1", "t2", "t3"]
-PREFIX = "base_model.model."
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+from mlx_mixlora.bench.env import load_average, machine_record
+from mlx_mixlora.bench.process import run_json
+from mlx_mixlora.bench.spec import MERGE_CASES, TARGETS, TINYLLAMA
+from mlx_mixlora.bench.spec import MERGE_WEIGHTS as WEIGHTS
+from mlx_mixlora.bench.timing import repeat, timed
 
-# (PEFT combination type, our method, our kwargs, PEFT kwargs)
-COMBOS = [
-    ("cat", "cat", {}, {}),
-    ("svd", "svd", {"rank": 8}, {"svd_rank": 8}),
-    ("ties_svd", "ties", {"density": 0.2, "rank": 8}, {"density": 0.2, "svd_rank": 8}),
-    ("dare_ties_svd", "dare_ties", {"drop": 0.5, "rank": 8}, {"density": 0.5, "svd_rank": 8}),
-    ("dare_linear_svd", "dare_linear", {"drop": 0.5, "rank": 8}, {"density": 0.5, "svd_rank": 8}),
-    (
-        "magnitude_prune_svd",
-        "magnitude_prune",
-        {"density": 0.2, "rank": 8},
-        {"density": 0.2, "svd_rank": 8},
-    ),
-    ("linear", "factor_linear", {}, {}),
-    ("ties", "factor_ties", {"density": 0.2}, {"density": 0.2}),
-]
-WEIGHTS = [0.5, 0.3, 0.2]
+NAMES = ["t1", "t2", "t3"]
 TILE_MIB = [0.5, 1, 2, 4, 8, 16, 64]  # 64 MiB: every weight here in one piece
 
 
+def model_config(args) -> dict:
+    return dict(TINYLLAMA, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
+                num_key_value_heads=args.kv // 64, vocab_size=args.vocab)  # fmt: skip
+
+
 def build(args):
+    """A PEFT model with three random adapters, and the very same factors as our adapters."""
     import peft
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from mlx_mixlora.adapter_format import Adapter, AdapterConfig
+    from mlx_mixlora.bench.torch_backend import lora_modules, random_torch_llama
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=args.hidden,
-        intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.hidden // 64,
-        num_key_value_heads=args.kv // 64,
-        vocab_size=args.vocab,
-        tie_word_embeddings=False,
-    )
-    base = LlamaForCausalLM(cfg).eval()
+    cfg = model_config(args)
+    base = random_torch_llama(cfg).eval()
     model = None
     for i, name in enumerate(NAMES):
         torch.manual_seed(100 + i)
@@ -105,33 +87,20 @@ def build(args):
     ours = []
     for name in NAMES:
         w = {}
-        for mod_name, mod in model.named_modules():
-            if hasattr(mod, "lora_A") and name in mod.lora_A:
-                p = mod_name[len(PREFIX) :]
+        for p, mod in lora_modules(model):
+            if name in mod.lora_A:
                 w[f"{p}.lora_a"] = mx.array(mod.lora_A[name].weight.detach().numpy())
                 w[f"{p}.lora_b"] = mx.array(mod.lora_B[name].weight.detach().numpy())
         mx.eval(w)
-        ours.append(
-            Adapter(
-                AdapterConfig(
-                    rank=args.rank,
-                    alpha=2.0 * args.rank,
-                    targets=TARGETS,
-                    layers=list(range(args.layers)),
-                    name=name,
-                ),
-                w,
-                name,
-            )
-        )
+        layers = list(range(args.layers))
+        acfg = AdapterConfig(args.rank, 2.0 * args.rank, TARGETS, layers, name=name)
+        ours.append(Adapter(acfg, w, name))
     return model, ours, cfg
 
 
-def lora_modules(model):
-    return [(n[len(PREFIX) :], m) for n, m in model.named_modules() if hasattr(m, "lora_A")]
-
-
 def peft_deltas(model, adapter):
+    from mlx_mixlora.bench.torch_backend import lora_modules
+
     return {
         p: m.get_delta_weight(adapter).detach().numpy()
         for p, m in lora_modules(model)
@@ -164,6 +133,8 @@ def reference(model, ct, pkw, masks=None):
     import torch
     from peft.utils import merge_utils
 
+    from mlx_mixlora.bench.torch_backend import lora_modules
+
     out = {}
     ws = torch.tensor(WEIGHTS)
     for p, m in lora_modules(model):
@@ -190,16 +161,12 @@ def time_ours(ours, method, kw, repeats):
     """Cold and warm wall/CPU seconds of one merge, in this process."""
     from mlx_mixlora.merge import merge_adapters
 
-    t = time.perf_counter()
-    merge_adapters(ours, method, weights=WEIGHTS, **kw)
-    cold = time.perf_counter() - t
-    warm, cpu = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
+    def merge():
         merge_adapters(ours, method, weights=WEIGHTS, **kw)
-        warm.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    return cold, warm, cpu
+
+    cold = timed(merge)[0]
+    warm, cpu = zip(*(timed(merge) for _ in range(repeats)), strict=True)
+    return cold, list(warm), list(cpu)
 
 
 def worker(spec: dict) -> dict:
@@ -218,25 +185,25 @@ def worker(spec: dict) -> dict:
 
 
 def in_worker(spec: dict) -> dict:
-    import subprocess
-
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        res, _ = run_json(
+            [sys.executable, __file__, "--worker", json.dumps(spec), "--result", str(out)], out
+        )
+    if "error" in res:
+        raise SystemExit(f"merge worker failed: {res['error']}")
+    return res
 
 
 def bench_merges(model, ours, args):
     from peft.utils import merge_utils
 
+    from mlx_mixlora.bench.torch_backend import lora_modules
     from mlx_mixlora.merge import merge_adapters
 
     rows = []
     paths = [p for p, _ in lora_modules(model)]
-    for ct, method, kw, pkw in COMBOS:
+    for ct, (method, kw, pkw) in MERGE_CASES.items():
         if args.only and ct not in args.only.split(","):
             continue
         row = {"peft": ct, "ours": method, "ours_kwargs": kw, "peft_kwargs": pkw}
@@ -253,10 +220,9 @@ def bench_merges(model, ours, args):
             row["speedup_vs_reference"] = args.peft_reference[ct] / row["ours_warm_s"]
         if not args.skip_peft:
             name = f"m_{ct}"
-            t, c = time.perf_counter(), time.process_time()
-            model.add_weighted_adapter(NAMES, WEIGHTS, name, combination_type=ct, **pkw)
-            row["peft_s"] = time.perf_counter() - t
-            row["peft_cpu_s"] = time.process_time() - c
+            row["peft_s"], row["peft_cpu_s"] = timed(
+                lambda n=name, c=ct, k=pkw: model.add_weighted_adapter(NAMES, WEIGHTS, n, c, **k)
+            )
             row["speedup_warm"] = row["peft_s"] / row["ours_warm_s"]
             row["speedup_cold"] = row["peft_s"] / row["ours_cold_s"]
             peft_d = peft_deltas(model, name)
@@ -309,7 +275,6 @@ def bench_merges(model, ours, args):
 
 def into_base_timings(ours, spec) -> dict:
     """Fuse into the saved model dir vs one read+write pass over the affected weights."""
-    from mlx_mixlora.bench.timing import repeat
     from mlx_mixlora.io import check_safetensors_header
     from mlx_mixlora.merge import into_base, merge_adapters
 
@@ -415,9 +380,7 @@ def bench_into_base(model, cfg, args, where):
             str(src / "model.safetensors"),
             {k: mx.array(v.detach().numpy()) for k, v in base_sd.items()},
         )
-        conf = cfg.to_dict()
-        conf["model_type"] = "llama"
-        (src / "config.json").write_text(json.dumps(conf))
+        (src / "config.json").write_text(json.dumps(cfg))
         results = in_worker(
             {
                 "adapters": args.adapter_dirs,
@@ -458,9 +421,10 @@ def main() -> None:
         help="PEFT seconds measured on a quiet machine (the issue's numbers), TYPE=S,...",
     )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        Path(args.result).write_text(json.dumps(worker(json.loads(args.worker))))
         return
     args.peft_reference = {
         k: float(v) for k, v in (kv.split("=") for kv in args.peft_reference.split(",") if kv)
@@ -472,7 +436,7 @@ def main() -> None:
     import torch
     import transformers
 
-    load_before = os.getloadavg()
+    load_before = load_average()
     t0 = time.perf_counter()
     model, ours, cfg = build(args)
     build_s = time.perf_counter() - t0
@@ -497,11 +461,10 @@ def main() -> None:
             "rank": args.rank,
             "weights": WEIGHTS,
         },
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
+        "machine": machine_record(gemm=False)
+        | {
             "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
+            "loadavg_after": load_average(),
             "mlx": mx.__version__,
             "mlx_device": str(mx.default_device()),
             "torch": torch.__version__,

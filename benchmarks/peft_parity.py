@@ -10,13 +10,12 @@ exports on the original Transformers model, and we import PEFT-made adapters.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 import mlx_mixlora  # noqa: F401  # isort: split  (OpenBLAS before mlx.core)
-from mlx_mixlora.io import write_json
+from mlx_mixlora.bench.report import publish
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -90,11 +89,7 @@ def main() -> None:
                     ),
                 }
             )
-    report = {"command": " ".join(sys.argv), "results": rows}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        write_json(args.out, report)
+    publish({"command": " ".join(sys.argv), "results": rows}, args.out)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import mlx_mixlora  # noqa: F401  (OpenBLAS before mlx.core)
@@ -39,72 +38,43 @@ import mlx_mixlora  # noqa: F401  (OpenBLAS before mlx.core)
 # isort: split
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models import llama
 
-from mlx_mixlora.adapter_format import AdapterConfig
-from mlx_mixlora.bench.timing import repeat
+from mlx_mixlora.adapter_format import Adapter, AdapterConfig
+from mlx_mixlora.bench.env import load_average as load
+from mlx_mixlora.bench.mlx_backend import decode_tps
+from mlx_mixlora.bench.spec import TINYLLAMA, random_factors, random_llama
+from mlx_mixlora.bench.timing import repeat, timed
 from mlx_mixlora.io import write_json
-from mlx_mixlora.route import Adapter, Decision, attach_mixed, detach_mixed, fused, mixed_forward
+from mlx_mixlora.modules import get_module
+from mlx_mixlora.route import Decision, attach_mixed, detach_mixed, fused, mixed_forward
 from mlx_mixlora.route.fused import decision_updates
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
+def model_config(a: argparse.Namespace) -> dict:
+    """The Llama config both our model and PEFT's are built from."""
+    return dict(TINYLLAMA, hidden_size=a.hidden, num_hidden_layers=a.layers,
+                intermediate_size=a.intermediate, num_attention_heads=a.heads,
+                num_key_value_heads=a.kv_heads, vocab_size=a.vocab)  # fmt: skip
 
 
-def make_model(a: argparse.Namespace) -> llama.Model:
-    mx.random.seed(0)
-    model = llama.Model(
-        llama.ModelArgs(
-            model_type="llama",
-            hidden_size=a.hidden,
-            num_hidden_layers=a.layers,
-            intermediate_size=a.intermediate,
-            num_attention_heads=a.heads,
-            num_key_value_heads=a.kv_heads,
-            rms_norm_eps=1e-5,
-            vocab_size=a.vocab,
-            tie_word_embeddings=False,
-        )
-    )
-    # mlx-lm's init is tiny-scaled; typical trained-weight scale keeps logits finite and varied
-    mx.eval(model.parameters())
-    return model
-
-
-def make_adapters(model: llama.Model, n: int, rank: int, layers: int) -> list[Adapter]:
+def make_adapters(model, n: int, rank: int, layers: int) -> list[Adapter]:
     rng = np.random.default_rng(0)
     out = []
     for i in range(n):
-        cfg = AdapterConfig(
-            rank=rank, alpha=2 * rank, targets=TARGETS, layers=list(range(layers)), name=f"a{i}"
-        )
-        w = {}
-        for p in cfg.module_paths():
-            layer = model.model.layers[int(p.split(".")[2])]
-            mod = getattr(getattr(layer, p.split(".")[3]), p.split(".")[4])
-            o, k = mod.weight.shape
-            w[f"{p}.lora_a"] = mx.array(rng.normal(0, 1 / np.sqrt(k), (rank, k)).astype(np.float32))
-            w[f"{p}.lora_b"] = mx.array(rng.normal(0, 0.01, (o, rank)).astype(np.float32))
+        cfg = AdapterConfig(rank, 2 * rank, TARGETS, list(range(layers)), name=f"a{i}")
+        w = random_factors(cfg, lambda p: get_module(model, p).weight.shape, rng)
         mx.eval(w)
         out.append(Adapter(cfg, w, f"a{i}", "", str(i)))
     return out
 
 
 def bench_decode(model, adapters, a) -> dict:
-    from mlx_lm.generate import generate_step
-
     prompt = mx.array(np.random.default_rng(1).integers(3, a.vocab, a.prompt_len).tolist())
 
     def tps() -> float:
-        """Decode tokens/s after the first token, as mlx-lm's `generation_tps` counts it."""
-        steps = generate_step(prompt, model, max_tokens=a.decode_tokens)
-        next(steps)  # prefill + first token
-        t = time.perf_counter()
-        n = sum(1 for _ in steps)
-        return n / (time.perf_counter() - t)
+        return decode_tps(model, prompt, a.decode_tokens)
 
     tps()  # warm-up
     base, fusedv = [], []
@@ -137,18 +107,11 @@ def bench_switch(model, adapters, a) -> dict:
     paths = list(upd[0])
 
     def weight(p):
-        _, _, layer, parent, name = p.split(".")
-        return getattr(getattr(model.model.layers[int(layer)], parent), name).weight
+        return get_module(model, p).weight
 
     weights = [weight(p) for p in paths]  # the base arrays: the switchers never change them
     base = dict(zip(paths, weights, strict=True))
     nbytes = sum(w.nbytes for w in weights)
-
-    def timed(fn) -> tuple[float, float]:
-        """(wall, process CPU) seconds: CPU time is steadier when other jobs share the cores."""
-        t, c = time.perf_counter(), time.process_time()
-        fn()
-        return time.perf_counter() - t, time.process_time() - c
 
     bufs = [mx.zeros_like(w) for w in weights]
     mx.eval(bufs)
@@ -303,37 +266,22 @@ def bench_peft(adapters, a) -> dict:
     try:
         import torch
         from peft import LoraConfig, get_peft_model
-        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from mlx_mixlora.bench.torch_backend import lora_modules, random_torch_llama
     except ImportError as e:
         return {"skipped": f"torch/peft not installed ({e})"}
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=a.hidden,
-        intermediate_size=a.intermediate,
-        num_hidden_layers=a.layers,
-        num_attention_heads=a.heads,
-        num_key_value_heads=a.kv_heads,
-        vocab_size=a.vocab,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        attn_implementation="sdpa",
-    )
-    base = LlamaForCausalLM(cfg).eval()
+    base = random_torch_llama(model_config(a)).eval()
     lc = LoraConfig(r=a.rank, lora_alpha=2 * a.rank, target_modules=TARGETS, lora_dropout=0.0)
     model = get_peft_model(base, lc, adapter_name="a0")
     for i in range(1, len(adapters)):
         model.add_adapter(f"a{i}", lc)
     with torch.no_grad():  # same numbers as ours, so the work is identical
         for i, ad in enumerate(adapters):
-            for n, mod in model.named_modules():
-                if hasattr(mod, "lora_A") and f"a{i}" in mod.lora_A:
-                    p = n.replace("base_model.model.", "")
-                    mod.lora_A[f"a{i}"].weight.copy_(
-                        torch.from_numpy(np.array(ad.weights[f"{p}.lora_a"]))
-                    )
-                    mod.lora_B[f"a{i}"].weight.copy_(
-                        torch.from_numpy(np.array(ad.weights[f"{p}.lora_b"]))
-                    )
+            for p, mod in lora_modules(model):
+                if f"a{i}" in mod.lora_A:
+                    for ab, layer in (("a", mod.lora_A), ("b", mod.lora_B)):
+                        w = np.array(ad.weights[f"{p}.lora_{ab}"])
+                        layer[f"a{i}"].weight.copy_(torch.from_numpy(w))
     rng = np.random.default_rng(2)
     ids = torch.tensor(rng.integers(3, a.vocab, (8, a.prefill_len)))
     names = [f"a{i}" for i in [0, 1, 2, 3, 0, 1, 2, 3]]
@@ -395,7 +343,7 @@ def main() -> None:
         "quick": a.quick,
         "load_before": load(),
     }
-    model = make_model(a)
+    model = random_llama(model_config(a))
     adapters = make_adapters(model, 4, a.rank, a.layers)
     for name, fn in (
         ("decode", bench_decode),

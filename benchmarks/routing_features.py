@@ -33,7 +33,8 @@ from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import make_prompt_cache
 
 from mlx_mixlora.bench.env import machine_record
-from mlx_mixlora.bench.spec import TINYLLAMA
+from mlx_mixlora.bench.spec import TINYLLAMA, random_llama
+from mlx_mixlora.bench.timing import repeat
 from mlx_mixlora.io import write_json
 from mlx_mixlora.model import load
 from mlx_mixlora.nano import ensure_nano_base
@@ -124,15 +125,9 @@ def routing_cost(model, prompts: list[list[int]], layer: int, seed: int) -> dict
             cache = make_prompt_cache(model)
             mx.eval(model(mx.array([t]), cache=cache), [c.state for c in cache])
 
-    best = {}
-    for name, fn in (("route", route_all), ("prefill", prefill_all)):
-        fn()
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        best[name] = min(times)
+    best = {
+        name: min(repeat(fn, 3)) for name, fn in (("route", route_all), ("prefill", prefill_all))
+    }
     return {
         "layers": len(model.model.layers),
         "hidden": model.args.hidden_size,
@@ -143,16 +138,6 @@ def routing_cost(model, prompts: list[list[int]], layer: int, seed: int) -> dict
         "prefill_s": best["prefill"],
         "route_over_prefill": best["route"] / best["prefill"],
     }
-
-
-def tinyllama_shaped():
-    """A random 22-layer TinyLlama-shaped model (what most users route on), fp32."""
-    from mlx_lm.models import llama
-
-    mx.random.seed(0)
-    model = llama.Model(llama.ModelArgs(**TINYLLAMA))
-    mx.eval(model.parameters())
-    return model
 
 
 def main() -> None:
@@ -169,7 +154,8 @@ def main() -> None:
     costs = {"nano": routing_cost(model, natural, best["layer"], a.seed)}
     del model
     few = natural[:: max(1, len(natural) // 24)]  # the same token ids, fewer prompts
-    costs["tinyllama_shaped"] = routing_cost(tinyllama_shaped(), few, best["layer"], a.seed)
+    # a random 22-layer TinyLlama-shaped model (what most users route on), fp32
+    costs["tinyllama_shaped"] = routing_cost(random_llama(TINYLLAMA), few, best["layer"], a.seed)
     print(costs, flush=True)
     write_json(
         a.out,

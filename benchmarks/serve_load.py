@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import random
 import re
 import statistics
@@ -47,7 +46,7 @@ import mlx_mixlora  # noqa: F401  (OpenBLAS before mlx.core)
 import mlx.core as mx
 import numpy as np
 
-from mlx_mixlora.bench.env import machine_record
+from mlx_mixlora.bench.env import load_average, machine_record
 from mlx_mixlora.bench.spec import Sizes, random_adapters, random_model, shape_config
 from mlx_mixlora.io import write_json
 
@@ -412,7 +411,7 @@ def main() -> None:
         raise SystemExit("--soak is bounded to 600 s")
     with tempfile.TemporaryDirectory(prefix="mixlora-serve-bench-") as tmp:
         model, ours, theirs = fixtures(Path(tmp), a.layers)
-        rec = {"machine": machine_record(), "load_average_before": list(os.getloadavg())}
+        rec = {"machine": machine_record(), "load_average_before": load_average()}
         rec["setup"] = {
             "model": f"TinyLlama-shaped, random, {a.layers} layers, fp32",
             "adapters": f"{ADAPTERS} x rank 8, q/k/v/o, every layer",
@@ -425,7 +424,7 @@ def main() -> None:
         rec["load"] = load_table(a, model, ours, theirs)
         if a.soak:
             rec["soak"] = soak(a, model, ours)
-        rec["load_average_after"] = list(os.getloadavg())
+        rec["load_average_after"] = load_average()
     write_json(a.out, rec)
     print(f"wrote {a.out}")
 

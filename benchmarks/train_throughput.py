@@ -27,31 +27,25 @@ the report shows how much of the lead is that setting.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from mlx_mixlora.bench.spec import TARGETS, TINYLLAMA
+from mlx_mixlora.bench.env import load_average, machine_record, versions
+from mlx_mixlora.bench.process import peer_env, run_json
+from mlx_mixlora.bench.spec import TARGETS, TINYLLAMA, Sizes, random_model
 from mlx_mixlora.io import write_json
 
 MODEL_CFG = dict(TINYLLAMA, num_hidden_layers=2)
-RANK, ALPHA, LR = 8, 16.0, 1e-4
-
-
-# ------------------------------------------------------------------ setup
+LORA = Sizes()  # rank 8, alpha 16, lr 1e-4: the bench's defaults
 
 
 def make_model_dir(path: Path) -> Path:
     """A random fp32 TinyLlama-shaped 2-layer MLX model dir (weights in HF names)."""
-    import mlx_mixlora  # noqa: F401  # isort: skip  (BLAS preload before mlx.core)
-    from mlx_mixlora.bench.spec import random_model
-
     if (path / "model.safetensors").is_file():
         return path
     return random_model(path, MODEL_CFG)
@@ -71,67 +65,33 @@ def make_data(path: Path, steps_a: int, examples_b: int, seed: int = 0) -> Path:
     return path
 
 
-# ------------------------------------------------------------------ workers
-# The peers live in the package (`mlx_mixlora.bench.*_backend`), shared with `mixlora bench`.
-
-LORA = dict(rank=RANK, alpha=ALPHA, lr=LR, targets=TARGETS)
-
-
-def worker_ours(model_dir: Path, data: dict, workload: str, pack: bool = False) -> dict:
-    from mlx_mixlora.bench.mlx_backend import train_ours
-
-    return train_ours(model_dir, data, workload, pack=pack, **LORA)
-
-
-def worker_mlx_lm(model_dir: Path, data: dict, workload: str) -> dict:
-    from mlx_mixlora.bench.mlx_lm_backend import train_mlx_lm
-
-    return train_mlx_lm(model_dir, data, workload, **LORA)
-
-
-def worker_torch(model_dir: Path, data: dict, workload: str) -> dict:
-    from mlx_mixlora.bench.torch_backend import best_device, train_peft
-
-    return train_peft(model_dir, data, workload, device=best_device(), **LORA)
-
-
-WORKERS = {
-    "ours": worker_ours,
-    "ours_packed": lambda m, d, w: worker_ours(m, d, w, pack=True),
-    "mlx_lm": worker_mlx_lm,
-    "torch_peft": worker_torch,
+# The peers live in the package (`mlx_mixlora.bench.*_backend`), shared with `mixlora bench`;
+# each is imported only in its own worker process (an MLX peer never loads torch).
+WORKERS = {  # peer -> (backend module, trainer, extra arguments)
+    "ours": ("mlx_backend", "train_ours", {}),
+    "ours_packed": ("mlx_backend", "train_ours", {"pack": True}),
+    "mlx_lm": ("mlx_lm_backend", "train_mlx_lm", {}),
+    "torch_peft": ("torch_backend", "train_peft", {}),
 }
 HEAP = "+heap"  # suffix: run the peer with our glibc heap setting too
 
 
-def worker_for(peer: str):
-    return WORKERS[peer.removesuffix(HEAP)]
+def work(peer: str, model_dir: Path, data: dict, workload: str) -> dict:
+    module, fn, kw = WORKERS[peer.removesuffix(HEAP)]
+    mod = importlib.import_module(f"mlx_mixlora.bench.{module}")
+    if module == "torch_backend":
+        kw = {"device": mod.best_device()}
+    return getattr(mod, fn)(model_dir, data, workload, LORA, **kw)
 
 
-# ------------------------------------------------------------------ driver
-
-
-def run_worker(peer: str, workload: str, model_dir: Path, data: Path) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        result = Path(f.name)
+def run_worker(peer: str, workload: str, model_dir: Path, data: Path, tmp: Path) -> dict:
+    result = tmp / f"{peer}-{workload}.json"
     cmd = [sys.executable, __file__, "--worker", peer, "--workload", workload, "--model-dir", str(model_dir),
            "--data", str(data), "--result", str(result)]  # fmt: skip
-    tic = time.perf_counter()
-    env = dict(os.environ)
-    if peer.startswith("torch_peft"):
-        env["MIXLORA_NO_OPENBLAS"] = "1"  # torch brings its own BLAS
-    if not peer.startswith("ours") and not peer.endswith(HEAP):
-        env["MIXLORA_NO_MALLOC_TUNING"] = "1"  # peers as they ship
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        return {
-            "error": proc.stderr.strip().splitlines()[-1]
-            if proc.stderr.strip()
-            else f"rc={proc.returncode}"
-        }
-    out = json.loads(result.read_text())
-    result.unlink()
-    out["wall_seconds"] = round(time.perf_counter() - tic, 1)
+    env = peer_env(peer.startswith("ours"), peer.startswith("torch_peft"), peer.endswith(HEAP))
+    out, wall = run_json(cmd, result, env)
+    if "error" not in out:
+        out["wall_seconds"] = round(wall, 1)
     return out
 
 
@@ -162,14 +122,14 @@ def main() -> None:
 
     if args.worker:
         data = json.loads(Path(args.data).read_text())
-        out = worker_for(args.worker)(Path(args.model_dir), data, args.workload)
+        out = work(args.worker, Path(args.model_dir), data, args.workload)
         Path(args.result).write_text(json.dumps(out))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = make_model_dir(Path(args.model_dir) if args.model_dir else Path(tmp) / "model")
         data = make_data(Path(tmp) / "data.json", args.steps_a, args.examples_b)
-        load_before = os.getloadavg()
+        load_before = load_average()
         results: dict = {}
         for w in args.workloads.split(","):
             peers = getattr(args, f"peers_{w}").split(",")
@@ -177,8 +137,8 @@ def main() -> None:
             for rnd in range(args.rounds):  # interleaved, so load changes hit every peer alike
                 for peer in peers:
                     print(f"[{w}] {peer} (round {rnd + 1}) ...", file=sys.stderr, flush=True)
-                    r = run_worker(peer, w, model_dir, data)
-                    r["load_average_1min"] = round(os.getloadavg()[0], 2)
+                    r = run_worker(peer, w, model_dir, data, Path(tmp))
+                    r["load_average_1min"] = load_average()[0]
                     runs[peer].append(r)
                     print(
                         f"[{w}] {peer}: {r.get('tokens_per_second', r.get('error'))} tok/s",
@@ -196,27 +156,28 @@ def main() -> None:
                 cpu = paired_ratios(runs["ours"], runs[peer], "tokens_per_cpu_second")
                 if cpu:
                     results[w][f"cpu_efficiency_vs_{peer}"] = round(statistics.median(cpu), 3)
-        load_after = os.getloadavg()
+        load_after = load_average()
 
-    from mlx_mixlora.bench.env import versions
     from mlx_mixlora.cpu.blas import blas_status
     from mlx_mixlora.cpu.heap import malloc_status
 
     report = {
         "benchmark": "train_throughput",
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in load_after],
+        "machine": machine_record(gemm=False),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "blas": blas_status(),
         "heap_tuning_ours": malloc_status(),
         "versions": versions(),
         "model": MODEL_CFG,
-        "lora": {"rank": RANK, "alpha": ALPHA, "targets": TARGETS, "lr": LR, "dtype": "float32"},
+        "lora": {
+            "rank": LORA.rank,
+            "alpha": LORA.alpha,
+            "targets": TARGETS,
+            "lr": LORA.lr,
+            "dtype": "float32",
+        },
         "workloads": {
             "a": f"uniform LM, batch 4 x 256, loss on every token, {args.steps_a} steps (first untimed)",
             "b": f"{args.examples_b} prompt-masked examples (prompt 60-400, answer 1-10 tokens), one epoch",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -149,9 +150,21 @@ def test_existing_output_refused_before_any_work(tmp_path):
         runner.run_bench("decode", "mlx", tmp_path / "out", quick=True)
 
 
-def test_without_torch_the_torch_rows_are_skipped(tmp_path, monkeypatch):
+@pytest.fixture
+def no_torch_in_workers(tmp_path, monkeypatch):
+    """Worker processes start without torch, as on a machine where it is not installed.
+
+    Python runs `sitecustomize` from PYTHONPATH at start-up: ours makes `import torch` fail.
+    """
+    hook = tmp_path / "no_torch"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text("import sys\n\nsys.modules['torch'] = None\n")
+    path = filter(None, [str(hook), os.environ.get("PYTHONPATH")])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
+
+
+def test_without_torch_the_torch_rows_are_skipped(tmp_path, monkeypatch, no_torch_in_workers):
     """A real quick run (merge: fastest workload) with torch hidden from the workers."""
-    monkeypatch.setenv("MIXLORA_BENCH_HIDE", "torch")
     out = tmp_path / "b"
     args = ["bench", "merge", "--quick", "--backends", "mlx,torch,peft", "--out", str(out)]
     monkeypatch.setattr(sys, "argv", ["/venv/bin/mixlora", *args])  # as the console script sees it
@@ -226,3 +239,37 @@ def test_m1_reference_limits_match_the_issue_for_tinyllama():
     ref = m1_limits(TINYLLAMA)
     assert round(ref["decode_fp16_tokens_per_s"]) == 33
     assert round(ref["lora_train_fp32_tokens_per_s"], -1) == 590
+
+
+def test_run_json_reads_the_answer_and_never_a_stale_one(tmp_path):
+    from mlx_mixlora.bench.process import run_json
+
+    out = tmp_path / "r.json"
+    out.write_text('{"stale": true}')
+    write = f"import json, time; time.sleep(0.2); json.dump({{'ok': 1}}, open({str(out)!r}, 'w'))"
+    res, wall = run_json([sys.executable, "-c", write], out)
+    assert res == {"ok": 1} and 0.2 <= wall < 30
+    out.write_text('{"stale": true}')
+    res, _ = run_json(
+        [sys.executable, "-c", "import sys; print('x', file=sys.stderr); sys.exit(3)"], out
+    )
+    assert res == {"error": "x"} and not out.exists()
+    res, _ = run_json([sys.executable, "-c", "import sys; sys.exit(3)"], out)
+    assert res == {"error": "exit code 3"}
+    res, _ = run_json([sys.executable, "-c", "import time; time.sleep(30)"], out, timeout=1)
+    assert res == {"error": "timed out after 1 s"}
+
+
+def test_peers_run_as_they_ship(monkeypatch):
+    from mlx_mixlora.bench.process import peer_env
+
+    monkeypatch.delenv("MIXLORA_NO_OPENBLAS", raising=False)
+    monkeypatch.delenv("MIXLORA_NO_MALLOC_TUNING", raising=False)
+    ours, torch, mlx_lm_heap = (
+        peer_env(True),
+        peer_env(False, torch=True),
+        peer_env(False, heap=True),
+    )
+    assert "MIXLORA_NO_MALLOC_TUNING" not in ours and "MIXLORA_NO_OPENBLAS" not in ours
+    assert torch["MIXLORA_NO_OPENBLAS"] == "1" and torch["MIXLORA_NO_MALLOC_TUNING"] == "1"
+    assert "MIXLORA_NO_MALLOC_TUNING" not in mlx_lm_heap

@@ -7,6 +7,11 @@ Backends import lazily: the core package never imports torch, and a machine
 without torch gets "skipped" rows, not a crash.
 
     mixlora bench all --shape tinyllama --layers 2 --out benchmarks/results/bench-linux-cpu
+
+The scripts in `benchmarks/` measure with the same pieces: models, adapters and
+merge cases from `spec`, the peers' trainers and decode loops from the
+`*_backend` modules, `timing` (repeat, timed, stats), `process` (a measurement in
+its own process), `env` (the machine record) and `report.publish`.
 """
 
 from .runner import BACKENDS, WORKLOADS, run_bench

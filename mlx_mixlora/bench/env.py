@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from ..cpu import system
+
 PACKAGES = ("mlx", "mlx-lm", "mlx-mixlora", "numpy", "torch", "transformers", "peft", "safetensors")
 
 
@@ -75,8 +77,6 @@ def command_line() -> str:
 
 def machine_record(gemm: bool = True) -> dict:
     """Where and how a benchmark ran; `gemm` adds a measured fp32 GEMM rate on MLX's device."""
-    from ..cpu import system
-
     rec = {
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "os": f"{platform.system()} {platform.release()}",
@@ -84,6 +84,7 @@ def machine_record(gemm: bool = True) -> dict:
         "machine": platform.machine(),
         "chip": chip(),
         "cpus": os.cpu_count(),
+        "python": platform.python_version(),
         "memory_gb": memory_gb(),
         "mlx_device": system.device_name(),
         "blas": system.blas_in_use(),

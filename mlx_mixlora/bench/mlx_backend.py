@@ -14,18 +14,30 @@ from pathlib import Path
 
 import mlx_mixlora  # noqa: F401  # isort: skip  (BLAS preload before mlx.core)
 import mlx.core as mx
+import numpy as np
+from mlx_lm.generate import generate_step
 
-from .rows import row
-from .spec import TARGETS, BenchSpec
+from ..adapter_format import load_adapter, load_adapters, read_adapter
+from ..cpu.system import device_name
+from ..lora import attach_lora, detach_lora
+from ..merge import merge_adapters
+from ..model import load_model
+from ..route import (
+    Decision,
+    GateConfig,
+    GateMLP,
+    GateRouter,
+    attach_mixed,
+    decide,
+    detach_mixed,
+    feature_layer,
+    fused,
+    mixed_forward,
+)
+from ..train import TrainConfig, train_adapter
+from .rows import row, train_row
+from .spec import BENCH_MERGES, MERGE_CASES, MERGE_WEIGHTS, TARGETS, BenchSpec, Sizes
 from .timing import max_rss_gb, repeat, train_summary
-
-# case (PEFT's combination type) -> (our method, our kwargs, PEFT kwargs)
-MERGE_CASES = {
-    "cat": ("cat", {}, {}),
-    "svd": ("svd", {"rank": 8}, {"svd_rank": 8}),
-    "ties_svd": ("ties", {"density": 0.2, "rank": 8}, {"density": 0.2, "svd_rank": 8}),
-}
-MERGE_WEIGHTS = [0.5, 0.3, 0.2]
 
 
 class IntTokenizer:
@@ -50,24 +62,20 @@ def _mem(fn):
     return out, _peak_gb()
 
 
-def train_ours(
-    model_dir: str | Path,
-    data: dict,
-    workload: str = "a",
-    pack: bool = False,
-    rank: int = 8,
-    alpha: float = 16.0,
-    lr: float = 1e-4,
-    targets: list[str] = TARGETS,
-) -> dict:
-    """LoRA training with our trainer; data: {"a": rows of ids} or {"b": [[prompt, answer]]}."""
-    from ..model import load_model
-    from ..train import TrainConfig, train_adapter
+def load_fp32(model_dir: str | Path):
+    """(model, config) in fp32, as training runs (a no-op for fp32 models)."""
+    model, config = load_model(model_dir)
+    model.set_dtype(mx.float32)
+    return model, config
 
-    model, _ = load_model(model_dir)
-    model.set_dtype(mx.float32)  # training runs in fp32 (a no-op for fp32 models)
+
+def train_ours(model_dir: str | Path, data: dict, workload: str = "a", sizes: Sizes = Sizes(),
+               pack: bool = False) -> dict:  # fmt: skip
+    """LoRA training with our trainer; data: {"a": rows of ids} or {"b": [[prompt, answer]]}."""
+    model, _ = load_fp32(model_dir)
     mx.reset_peak_memory()
-    common = dict(rank=rank, alpha=alpha, targets=targets, lr=lr, clip_grad=None, seed=0)
+    common = dict(rank=sizes.rank, alpha=sizes.alpha, targets=TARGETS, lr=sizes.lr, clip_grad=None,
+                  seed=0)  # fmt: skip
     if workload == "a":
         exs = [{"text": " ".join(map(str, ids))} for ids in data["a"]]
         seq = len(data["a"][0])
@@ -99,9 +107,15 @@ def train_ours(
     return out
 
 
-def load_spec_model(spec: BenchSpec):
-    from ..model import load_model
+def warm_runs(fn, sizes: Sizes) -> tuple[list[float], float]:
+    """`fn()`'s own figures over `sizes.repeats` runs after `sizes.warmup`, and MLX's peak GB."""
+    mx.reset_peak_memory()
+    for _ in range(sizes.warmup):
+        fn()
+    return [fn() for _ in range(sizes.repeats)], _peak_gb()
 
+
+def load_spec_model(spec: BenchSpec):
     model, _ = load_model(spec.model_dir)
     if spec.dtype != "float32":
         model.set_dtype(getattr(mx, spec.dtype))
@@ -111,19 +125,11 @@ def load_spec_model(spec: BenchSpec):
 
 def decode_tps(model, prompt: mx.array, n: int) -> float:
     """Decode tokens/s after the first token (mlx-lm's `generation_tps`), greedy."""
-    from mlx_lm.generate import generate_step
-
     steps = generate_step(prompt, model, max_tokens=n)
     next(steps)  # prefill + first token
     t = time.perf_counter()
     k = sum(1 for _ in steps)
     return k / (time.perf_counter() - t)
-
-
-def _device() -> str:
-    from ..cpu.system import device_name
-
-    return device_name()
 
 
 def run(workload: str, spec: BenchSpec, enabled: set[str]) -> list[dict]:
@@ -137,25 +143,16 @@ def run(workload: str, spec: BenchSpec, enabled: set[str]) -> list[dict]:
 
 
 def _common(spec: BenchSpec) -> dict:
-    return {"device": _device(), "dtype": spec.dtype}
+    return {"device": device_name(), "dtype": spec.dtype}
 
 
 def _train(spec: BenchSpec) -> list[dict]:
-    s = spec.sizes
-    data = {"a": spec.arrays()["train"].tolist()}
-    r = train_ours(spec.model_dir, data, "a", rank=s.rank, alpha=s.alpha, lr=s.lr)
-    return [
-        row("train", "lora", "mlx", "tokens_per_s", r["step_tokens_per_second"],
-            "mlx_mixlora.train (fp32)", r["peak_mlx_memory_gb"], "mlx peak",
-            **_common(spec) | {"dtype": "float32"}, first_step_s=r["first_step_seconds"],
-            tokens_per_cpu_second=r["tokens_per_cpu_second"], final_loss=r["final_loss"])
-    ]  # fmt: skip
+    r = train_ours(spec.model_dir, {"a": spec.arrays()["train"].tolist()}, "a", spec.sizes)
+    return [train_row("mlx", "mlx_mixlora.train (fp32)", r, r["peak_mlx_memory_gb"], "mlx peak",
+                      **_common(spec))]  # fmt: skip
 
 
 def _prefill(spec: BenchSpec) -> list[dict]:
-    from ..adapter_format import load_adapter
-    from ..lora import attach_lora, detach_lora
-
     s = spec.sizes
     model = load_spec_model(spec)
     batch = mx.array(spec.arrays()["prefill"])
@@ -177,30 +174,19 @@ def _prefill(spec: BenchSpec) -> list[dict]:
 
 
 def _decode(spec: BenchSpec) -> list[dict]:
-    import numpy as np
-
-    from ..route import Decision, GateConfig, GateMLP, GateRouter, decide, feature_layer, fused
-    from ..route import load_adapters as load_route_adapters
-
     s = spec.sizes
     model = load_spec_model(spec)
     prompt = mx.array(spec.arrays()["decode"].tolist())
-    adapters = load_route_adapters(spec.adapters)
+    adapters = load_adapters(spec.adapters)
     n = s.decode_tokens
 
-    def runs(fn) -> tuple[list[float], float]:
-        mx.reset_peak_memory()
-        for _ in range(s.warmup):
-            fn()
-        return [fn() for _ in range(s.repeats)], _peak_gb()
-
-    base, pb = runs(lambda: decode_tps(model, prompt, n))
+    base, pb = warm_runs(lambda: decode_tps(model, prompt, n), s)
 
     def fused_once():
         with fused(model, adapters, Decision([0], [1.0], [])):
             return decode_tps(model, prompt, n)
 
-    fz, pf = runs(fused_once)
+    fz, pf = warm_runs(fused_once, s)
     mx.random.seed(0)
     hidden = spec.config["hidden_size"]
     gate = GateMLP(hidden, 64, len(adapters))
@@ -221,7 +207,7 @@ def _decode(spec: BenchSpec) -> list[dict]:
             overhead.append(time.perf_counter() - t)
             return decode_tps(model, prompt, n)
 
-    rt, pr = runs(routed_once)
+    rt, pr = warm_runs(routed_once, s)
     c = _common(spec)
     kw = {"prompt_tokens": int(prompt.size), "decode_tokens": n}
     return [
@@ -233,14 +219,12 @@ def _decode(spec: BenchSpec) -> list[dict]:
 
 
 def _merge(spec: BenchSpec) -> list[dict]:
-    from ..adapter_format import read_adapter
-    from ..merge import merge_adapters
-
     s = spec.sizes
     ours = [read_adapter(d) for d in spec.adapters]
     weights = MERGE_WEIGHTS[: len(ours)]
     rows = []
-    for case, (method, kw, _) in MERGE_CASES.items():
+    for case in BENCH_MERGES:
+        method, kw, _ = MERGE_CASES[case]
         kw = {**kw, "rank": s.rank} if "rank" in kw else kw
         times, peak = _mem(
             lambda m=method, k=kw: repeat(
@@ -254,14 +238,11 @@ def _merge(spec: BenchSpec) -> list[dict]:
 
 
 def _route(spec: BenchSpec) -> list[dict]:
-    from ..route import attach_mixed, detach_mixed, mixed_forward
-    from ..route import load_adapters as load_route_adapters
-
     s = spec.sizes
     model = load_spec_model(spec)
     arr = spec.arrays()
     toks, idx = arr["route"].tolist(), arr["route_idx"].tolist()
-    adapters = load_route_adapters(spec.adapters)
+    adapters = load_adapters(spec.adapters)
     attach_mixed(model, adapters)
     times, peak = _mem(
         lambda: repeat(lambda: mx.eval(mixed_forward(model, toks, idx)), s.repeats, s.warmup)

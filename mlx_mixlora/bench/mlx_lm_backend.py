@@ -12,39 +12,31 @@ from pathlib import Path
 
 import mlx_mixlora  # noqa: F401  # isort: skip  (BLAS preload before mlx.core)
 import mlx.core as mx
+import mlx.optimizers as optim
+from mlx_lm.tuner.callbacks import TrainingCallback
+from mlx_lm.tuner.trainer import TrainingArgs, train
+from mlx_lm.tuner.utils import linear_to_lora_layers
+from mlx_lm.utils import load_model as mlx_lm_load_model
 
-from .rows import row
-from .spec import TARGETS, BenchSpec
+from ..cpu.system import device_name
+from .mlx_backend import decode_tps, load_fp32, warm_runs
+from .rows import row, train_row
+from .spec import TARGETS, BenchSpec, Sizes
 from .timing import max_rss_gb, train_summary
 
 WORKLOADS = ("train", "decode")
 
 
-def train_mlx_lm(
-    model_dir: str | Path,
-    data: dict,
-    workload: str = "a",
-    rank: int = 8,
-    alpha: float = 16.0,
-    lr: float = 1e-4,
-    targets: list[str] = TARGETS,
-) -> dict:
+def train_mlx_lm(model_dir: str | Path, data: dict, workload: str = "a",
+                 sizes: Sizes = Sizes()) -> dict:  # fmt: skip
     """mlx-lm's `tuner.trainer.train` with its LoRA layers, on the same examples as ours."""
-    import mlx.optimizers as optim
-    from mlx_lm.tuner.callbacks import TrainingCallback
-    from mlx_lm.tuner.trainer import TrainingArgs, train
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
-    from ..model import load_model
-
-    model, config = load_model(model_dir)
-    model.set_dtype(mx.float32)  # training runs in fp32 (a no-op for fp32 models)
+    model, config = load_fp32(model_dir)
     model.freeze()
     linear_to_lora_layers(
         model,
         config["num_hidden_layers"],
-        {"rank": rank, "scale": alpha / rank, "dropout": 0.0,
-         "keys": [f"self_attn.{t}" for t in targets]},
+        {"rank": sizes.rank, "scale": sizes.alpha / sizes.rank, "dropout": 0.0,
+         "keys": [f"self_attn.{t}" for t in TARGETS]},
     )  # fmt: skip
     if workload == "a":
         items = [(ids, 0) for ids in data["a"]]
@@ -93,7 +85,7 @@ def train_mlx_lm(
         )
         train(
             model,
-            optim.AdamW(learning_rate=lr, weight_decay=0.0),
+            optim.AdamW(learning_rate=sizes.lr, weight_decay=0.0),
             ds,
             None,
             args=args,
@@ -116,33 +108,18 @@ def train_mlx_lm(
 
 
 def run(workload: str, spec: BenchSpec, enabled: set[str]) -> list[dict]:
-    from ..cpu.system import device_name
-
     s = spec.sizes
     common = {"device": device_name(), "dtype": spec.dtype}
     if workload == "train":
-        data = {"a": spec.arrays()["train"].tolist()}
-        r = train_mlx_lm(spec.model_dir, data, "a", rank=s.rank, alpha=s.alpha, lr=s.lr)
-        return [
-            row("train", "lora", "mlx-lm", "tokens_per_s", r["step_tokens_per_second"],
-                "mlx_lm.tuner.trainer.train (fp32)", r["peak_mlx_memory_gb"], "mlx peak",
-                **common | {"dtype": "float32"}, first_step_s=r["first_step_seconds"],
-                tokens_per_cpu_second=r["tokens_per_cpu_second"], final_loss=r["final_loss"])
-        ]  # fmt: skip
-    from mlx_lm.utils import load_model as mlx_lm_load_model
-
-    from .mlx_backend import decode_tps
-
+        r = train_mlx_lm(spec.model_dir, {"a": spec.arrays()["train"].tolist()}, "a", s)
+        return [train_row("mlx-lm", "mlx_lm.tuner.trainer.train (fp32)", r,
+                          r["peak_mlx_memory_gb"], "mlx peak", **common)]  # fmt: skip
     model, _ = mlx_lm_load_model(Path(spec.model_dir))
     if spec.dtype != "float32":
         model.set_dtype(getattr(mx, spec.dtype))
     prompt = mx.array(spec.arrays()["decode"].tolist())
-    mx.reset_peak_memory()
-    for _ in range(s.warmup):
-        decode_tps(model, prompt, s.decode_tokens)
-    runs = [decode_tps(model, prompt, s.decode_tokens) for _ in range(s.repeats)]
+    runs, peak = warm_runs(lambda: decode_tps(model, prompt, s.decode_tokens), s)
     return [
         row("decode", "base", "mlx-lm", "tokens_per_s", runs, "mlx_lm.utils.load_model + generate_step",
-            mx.get_peak_memory() / 2**30, "mlx peak", **common,
-            prompt_tokens=int(prompt.size), decode_tokens=s.decode_tokens)
+            peak, "mlx peak", **common, prompt_tokens=int(prompt.size), decode_tokens=s.decode_tokens)
     ]  # fmt: skip

@@ -8,6 +8,7 @@ written into one directory atomically.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..io import atomic_dir, write_json
@@ -182,6 +183,13 @@ def plot(result: dict, path: Path) -> Path:
     )
     fig.tight_layout()
     return _save(fig, plt, path)
+
+
+def publish(result: dict, out: str | Path | None) -> None:
+    """A benchmark script's result: printed, and written to `out` (atomically) when given."""
+    print(json.dumps(result, indent=2))
+    if out:
+        write_json(out, result)
 
 
 def write_report(out: str | Path, result: dict, overwrite: bool = False) -> Path:

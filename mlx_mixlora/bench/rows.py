@@ -46,3 +46,11 @@ def skipped(workload: str, backend: str, reason: str) -> dict:
 
 def failed(workload: str, backend: str, error: str) -> dict:
     return {"workload": workload, "case": "*", "backend": backend, "error": error}
+
+
+def train_row(backend: str, impl: str, r: dict, peak_gb: float, memory_kind: str, **common) -> dict:
+    """A training row from a `timing.train_summary` (+ final loss); training always runs fp32."""
+    return row("train", "lora", backend, "tokens_per_s", r["step_tokens_per_second"], impl,
+               peak_gb, memory_kind, **common | {"dtype": "float32"},
+               first_step_s=r["first_step_seconds"],
+               tokens_per_cpu_second=r["tokens_per_cpu_second"], final_loss=r["final_loss"])  # fmt: skip

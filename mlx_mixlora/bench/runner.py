@@ -7,9 +7,6 @@ nothing and leaves nothing behind.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,8 +15,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import MixloraError
+from ..io import check_output
+from .env import load_average, machine_record
+from .process import peer_env, run_json
+from .reference import m1_limits
+from .report import ratios, write_report
 from .rows import failed
-from .spec import DTYPES, SHAPES, Sizes, check_model_dir, prepare, shape_config
+from .spec import SHAPES, Sizes, check_model, prepare
 
 WORKLOADS = ("train", "prefill", "decode", "merge", "route")
 BACKENDS = ("mlx", "mlx-lm", "torch", "peft")
@@ -51,24 +53,12 @@ def run_worker(
     module: str, workload: str, spec_path: Path, labels: list[str], timeout: float
 ) -> list[dict]:
     out = spec_path.parent / f"rows-{module}-{workload}.json"
-    env = dict(os.environ)
-    if module == "torch":
-        env["MIXLORA_NO_OPENBLAS"] = "1"  # torch brings its own BLAS; keep ours out of its process
-    if module != "mlx":
-        env["MIXLORA_NO_MALLOC_TUNING"] = "1"  # peers run as they ship (see mlx_mixlora.cpu.heap)
     cmd = [sys.executable, "-m", "mlx_mixlora.bench.worker", module, workload, str(spec_path),
            str(out), ",".join(labels)]  # fmt: skip
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return [failed(workload, b, f"timed out after {timeout:.0f} s") for b in labels]
-    if out.is_file():
-        res = json.loads(out.read_text())
-        if "rows" in res:
-            return res["rows"]
-        return [failed(workload, b, res["error"]) for b in labels]
-    tail = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
-    return [failed(workload, b, tail[0]) for b in labels]
+    res, _ = run_json(cmd, out, peer_env(ours=module == "mlx", torch=module == "torch"), timeout)
+    if "rows" in res:
+        return res["rows"]
+    return [failed(workload, b, res["error"]) for b in labels]
 
 
 def run_bench(
@@ -86,27 +76,12 @@ def run_bench(
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
 ) -> dict:
     """Run, write `out`/bench.{json,md,png}, return the result dict."""
-    from .env import load_average, machine_record
-    from .reference import m1_limits
-    from .report import ratios, write_report
-
     wls = parse_choice(workloads, WORKLOADS, "workload")
     bks = parse_choice(backends, BACKENDS, "backend")
-    if dtype not in DTYPES:
-        raise MixloraError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
-    if model is not None:
-        if layers is not None:
-            raise MixloraError("--layers applies to the random model only; --model runs all layers")
-        check_model_dir(model)
-    else:
-        if quick:
-            shape = "tiny"
-        shape_config(shape, layers)
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise MixloraError(
-            f"output path {out} already exists (choose another path or pass --overwrite)"
-        )
+    if quick and model is None:
+        shape = "tiny"
+    check_model(shape, layers, model, dtype)
+    out = check_output(out, overwrite, model)  # before any work, not only at the final write
     sizes = sizes or (Sizes.quick() if quick else Sizes())
     t0 = time.perf_counter()
     record = machine_record()

@@ -44,6 +44,21 @@ SHAPES = {"tinyllama": TINYLLAMA, "tiny": TINY}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 DTYPES = ("float32", "float16", "bfloat16")
 
+# PEFT combination type -> (our method, our kwargs, PEFT kwargs): the same merge on both sides
+MERGE_CASES = {
+    "cat": ("cat", {}, {}),
+    "svd": ("svd", {"rank": 8}, {"svd_rank": 8}),
+    "ties_svd": ("ties", {"density": 0.2, "rank": 8}, {"density": 0.2, "svd_rank": 8}),
+    "dare_ties_svd": ("dare_ties", {"drop": 0.5, "rank": 8}, {"density": 0.5, "svd_rank": 8}),
+    "dare_linear_svd": ("dare_linear", {"drop": 0.5, "rank": 8}, {"density": 0.5, "svd_rank": 8}),
+    "magnitude_prune_svd": ("magnitude_prune", {"density": 0.2, "rank": 8},
+                            {"density": 0.2, "svd_rank": 8}),
+    "linear": ("factor_linear", {}, {}),
+    "ties": ("factor_ties", {"density": 0.2}, {"density": 0.2}),
+}  # fmt: skip
+BENCH_MERGES = ("cat", "svd", "ties_svd")  # what `mixlora bench merge` times
+MERGE_WEIGHTS = [0.5, 0.3, 0.2]
+
 
 @dataclass
 class Sizes:
@@ -128,25 +143,31 @@ def shape_config(shape: str, layers: int | None) -> dict:
     return cfg
 
 
+def random_llama(config: dict, seed: int = 0):
+    """mlx-lm's Llama with random weights (evaluated): speed depends on shapes, not values."""
+    import mlx.core as mx
+    from mlx_lm.models import llama
+
+    mx.random.seed(seed)
+    model = llama.Model(llama.ModelArgs(**config))
+    mx.eval(model.parameters())
+    return model
+
+
 def random_model(path: Path, config: dict, seed: int = 0) -> Path:
     """A random fp32 model dir in MLX layout (mlx-lm's Llama; weights in HF names)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
-    from mlx_lm.models import llama
 
     path.mkdir(parents=True, exist_ok=True)
-    mx.random.seed(seed)
-    model = llama.Model(llama.ModelArgs(**config))
-    mx.eval(model.parameters())
-    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    params = random_llama(config, seed).parameters()
+    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(params)))
     (path / "config.json").write_text(json.dumps(config))
     return path
 
 
 def random_adapters(model_dir: Path, config: dict, out: Path, sizes: Sizes) -> list[str]:
-    """`n_adapters` rank-r adapters on q/k/v/o of every layer, B ≠ 0 so each changes the model."""
-    import mlx.core as mx
-
+    """`n_adapters` rank-r adapters on q/k/v/o of every layer (`random_factors`)."""
     from ..adapter_format import AdapterConfig, save_adapter
     from ..model import base_identity
 
@@ -166,13 +187,24 @@ def random_adapters(model_dir: Path, config: dict, out: Path, sizes: Sizes) -> l
             base_model=base,
             name=f"a{i}",
         )
-        w = {}
-        for p in cfg.module_paths():
-            o, k = dims[p.rsplit(".", 1)[1]]
-            w[f"{p}.lora_a"] = mx.array(rng.normal(0, k**-0.5, (sizes.rank, k)).astype(np.float32))
-            w[f"{p}.lora_b"] = mx.array(rng.normal(0, 0.01, (o, sizes.rank)).astype(np.float32))
+        w = random_factors(cfg, lambda p: dims[p.rsplit(".", 1)[1]], rng)
         paths.append(str(save_adapter(out / f"a{i}", cfg, w)))
     return paths
+
+
+def random_factors(cfg, shape_of, rng: np.random.Generator) -> dict:
+    """LoRA factors for `cfg`'s modules, `shape_of(path)` = (out, in): A ~ N(0, 1/in), B ~ N(0, 0.01).
+
+    B ≠ 0, so every adapter changes the model (PEFT's and our default init would not).
+    """
+    import mlx.core as mx
+
+    w = {}
+    for p in cfg.module_paths():
+        o, k = shape_of(p)
+        w[f"{p}.lora_a"] = mx.array(rng.normal(0, k**-0.5, (cfg.rank, k)).astype(np.float32))
+        w[f"{p}.lora_b"] = mx.array(rng.normal(0, 0.01, (o, cfg.rank)).astype(np.float32))
+    return w
 
 
 def make_data(path: Path, vocab: int, sizes: Sizes, seed: int = 0) -> Path:
@@ -200,6 +232,19 @@ def check_model_dir(model: str | Path) -> tuple[Path, dict]:
     return path, config
 
 
+def check_model(
+    shape: str, layers: int | None, model: str | Path | None, dtype: str
+) -> tuple[Path | None, dict]:
+    """The model a request names, checked before any work: (its dir or None for random, config)."""
+    if dtype not in DTYPES:
+        raise MixloraError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
+    if model is None:
+        return None, shape_config(shape, layers)
+    if layers is not None:
+        raise MixloraError("--layers applies to the random model only; --model runs all layers")
+    return check_model_dir(model)
+
+
 def prepare(
     work: Path,
     sizes: Sizes,
@@ -210,13 +255,10 @@ def prepare(
     torch_files: bool = True,
 ) -> BenchSpec:
     """Write the model (random) or take `model`, the adapters, the data, and torch's copies."""
-    if dtype not in DTYPES:
-        raise MixloraError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
-    if model is not None:
-        model_dir, config = check_model_dir(model)
+    model_dir, config = check_model(shape, layers, model, dtype)
+    if model_dir is not None:
         source = f"real weights from {model_dir} ({config['num_hidden_layers']} layers)"
     else:
-        config = shape_config(shape, layers)
         model_dir = random_model(work / "model", config)
         source = (
             f"random weights, {shape}-shaped, {config['num_hidden_layers']} of "

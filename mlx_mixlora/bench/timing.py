@@ -47,6 +47,13 @@ def repeat(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[floa
     return out
 
 
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall, process CPU) seconds of one call: CPU time is steadier when other jobs share the cores."""
+    t, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t, time.process_time() - c
+
+
 def max_rss_gb() -> float:
     """This process's peak resident memory (ru_maxrss is KiB on Linux, bytes on macOS)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -16,12 +16,17 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from .rows import row
-from .spec import TARGETS, BenchSpec
+from .rows import row, train_row
+from .spec import BENCH_MERGES, MERGE_CASES, MERGE_WEIGHTS, TARGETS, BenchSpec, Sizes
 from .timing import max_rss_gb, repeat, train_summary
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PEFT_PREFIX = "base_model.model."  # a PeftModel's module names: this + the base model's
 
 
 def best_device() -> str:
@@ -64,15 +69,27 @@ def peak_memory(device: str) -> tuple[float, str]:
     return max_rss_gb(), "process max RSS"
 
 
+def random_torch_llama(config: dict, seed: int = 0) -> LlamaForCausalLM:
+    """transformers' Llama (sdpa attention) for one of our config dicts, random weights."""
+    cfg = {
+        k: v for k, v in config.items() if k not in ("model_type", "quantization", "torch_dtype")
+    }
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**cfg, attn_implementation="sdpa"))
+
+
+def lora_modules(model: PeftModel) -> list[tuple[str, torch.nn.Module]]:
+    """(our module path, PEFT LoRA layer) for every adapted module of a PeftModel."""
+    return [
+        (n.removeprefix(PEFT_PREFIX), m) for n, m in model.named_modules() if hasattr(m, "lora_A")
+    ]
+
+
 def load_torch_model(model_dir: str | Path, dtype: str = "float32", device: str = "cpu"):
     """LlamaForCausalLM with the dir's safetensors (HF names: our MLX layout or an HF export)."""
-    from safetensors.torch import load_file
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     model_dir = Path(model_dir)
     cfg = json.loads((model_dir / "config.json").read_text())
-    cfg = {k: v for k, v in cfg.items() if k not in ("model_type", "quantization", "torch_dtype")}
-    model = LlamaForCausalLM(LlamaConfig(**cfg, attn_implementation="sdpa"))
+    model = random_torch_llama(cfg)
     state = {}
     for f in sorted(model_dir.glob("*.safetensors")):
         state.update(load_file(str(f)))
@@ -83,30 +100,20 @@ def load_torch_model(model_dir: str | Path, dtype: str = "float32", device: str 
     return model.to(device=device, dtype=DTYPES[dtype])
 
 
-def train_peft(
-    model_dir: str | Path,
-    data: dict,
-    workload: str = "a",
-    rank: int = 8,
-    alpha: float = 16.0,
-    lr: float = 1e-4,
-    targets: list[str] = TARGETS,
-    device: str = "cpu",
-) -> dict:
+def train_peft(model_dir: str | Path, data: dict, workload: str = "a", sizes: Sizes = Sizes(),
+               device: str = "cpu") -> dict:  # fmt: skip
     """PEFT LoRA training, fp32, AdamW, no clipping: the same examples as ours."""
-    import torch.nn.functional as F
-    from peft import LoraConfig, get_peft_model
-
     threads = setup_threads()
     torch.manual_seed(0)
     model = load_torch_model(model_dir, "float32", device)
     V = model.config.vocab_size
     model = get_peft_model(
-        model, LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0)
+        model,
+        LoraConfig(r=sizes.rank, lora_alpha=sizes.alpha, target_modules=TARGETS, lora_dropout=0.0),
     )
     model.train()
     opt = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0
+        [p for p in model.parameters() if p.requires_grad], lr=sizes.lr, weight_decay=0.0
     )
     if workload == "a":
         rows = torch.tensor(data["a"])
@@ -192,15 +199,17 @@ def run(workload: str, spec: BenchSpec, enabled: set[str]) -> list[dict]:
             reset_peak(device)
             return repeat(once, s.repeats, s.warmup)
 
+    def decode_runs(m) -> list[float]:
+        """Decode tokens/s of `m` over the timed runs (warm-up runs dropped)."""
+        reset_peak(device)
+        v = [decode_tps(m, ids, s.decode_tokens, device) for _ in range(s.warmup + s.repeats)]
+        return v[s.warmup :]
+
     if workload == "train":
         if "peft" in enabled:
-            data = {"a": arr["train"].tolist()}
-            r = train_peft(spec.hf_dir, data, "a", s.rank, s.alpha, s.lr, device=device)
-            rows.append(row("train", "lora", "peft", "tokens_per_s", r["step_tokens_per_second"],
-                            "transformers + peft LoRA, AdamW (fp32)", r["peak_memory_gb"],
-                            r["memory_kind"], **common | {"dtype": "float32"},
-                            first_step_s=r["first_step_seconds"],
-                            tokens_per_cpu_second=r["tokens_per_cpu_second"], final_loss=r["final_loss"]))  # fmt: skip
+            r = train_peft(spec.hf_dir, {"a": arr["train"].tolist()}, "a", s, device=device)
+            rows.append(train_row("peft", "transformers + peft LoRA, AdamW (fp32)", r,
+                                  r["peak_memory_gb"], r["memory_kind"], **common))  # fmt: skip
         return rows
     model = load_torch_model(spec.hf_dir, spec.dtype, device).eval()
     if workload == "prefill":
@@ -212,16 +221,10 @@ def run(workload: str, spec: BenchSpec, enabled: set[str]) -> list[dict]:
     if workload == "decode":
         ids = torch.tensor(arr["decode"])[None].to(device)
         if "torch" in enabled:
-            reset_peak(device)
-            v = [
-                decode_tps(model, ids, s.decode_tokens, device) for _ in range(s.warmup + s.repeats)
-            ]
-            mem_row("base", "torch", "tokens_per_s", v[s.warmup :], "transformers, greedy + KV cache",
+            mem_row("base", "torch", "tokens_per_s", decode_runs(model), "transformers, greedy + KV cache",
                     prompt_tokens=ids.shape[1], decode_tokens=s.decode_tokens)  # fmt: skip
     if "peft" not in enabled or workload == "train":
         return rows
-    from peft import PeftModel
-
     n_load = 1 if workload in ("prefill", "decode") else len(spec.peft_adapters)
     pm = PeftModel.from_pretrained(model, spec.peft_adapters[0], adapter_name="a0")
     for i in range(1, n_load):
@@ -233,20 +236,16 @@ def run(workload: str, spec: BenchSpec, enabled: set[str]) -> list[dict]:
                 "peft LoRA (unmerged)")  # fmt: skip
     elif workload == "decode":
         kw = {"prompt_tokens": ids.shape[1], "decode_tokens": s.decode_tokens}
-        reset_peak(device)
-        v = [decode_tps(pm, ids, s.decode_tokens, device) for _ in range(s.warmup + s.repeats)]
-        mem_row("adapter", "peft", "tokens_per_s", v[s.warmup :], "peft LoRA (unmerged)", **kw)
+        mem_row("adapter", "peft", "tokens_per_s", decode_runs(pm), "peft LoRA (unmerged)", **kw)
         pm.merge_adapter()
-        reset_peak(device)
-        v = [decode_tps(pm, ids, s.decode_tokens, device) for _ in range(s.warmup + s.repeats)]
+        v = decode_runs(pm)
         pm.unmerge_adapter()
-        mem_row("fused", "peft", "tokens_per_s", v[s.warmup :], "peft merge_adapter()", **kw)
+        mem_row("fused", "peft", "tokens_per_s", v, "peft merge_adapter()", **kw)
     elif workload == "merge":
-        from .mlx_backend import MERGE_CASES, MERGE_WEIGHTS
-
         names = [f"a{i}" for i in range(n_load)]
         weights = MERGE_WEIGHTS[:n_load]
-        for case, (_, _, pkw) in MERGE_CASES.items():
+        for case in BENCH_MERGES:
+            pkw = MERGE_CASES[case][2]
             pkw = {**pkw, "svd_rank": s.rank} if "svd_rank" in pkw else pkw
 
             def merge_once(case=case, pkw=pkw):

@@ -2,38 +2,29 @@
 
 Separate processes keep torch's and MLX's threads and memory apart and let one
 backend fail without taking the run down. A missing torch is not a failure: the
-worker answers with "skipped" rows. `MIXLORA_BENCH_HIDE=torch,peft` hides
-packages from this process (as if not installed), for tests.
+worker answers with "skipped" rows.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import os
 import sys
 import traceback
 
 from .rows import skipped
+from .spec import BenchSpec
 
 MODULES = {"mlx": "mlx_backend", "mlx-lm": "mlx_lm_backend", "torch": "torch_backend"}
 NEEDS = {"torch": ("torch", "transformers", "peft")}
 
 
-def _hide(names: str) -> None:
-    for name in filter(None, (n.strip() for n in names.split(","))):
-        sys.modules[name] = None  # `import name` now raises ImportError
-
-
 def work(module: str, workload: str, spec_path: str, enabled: list[str]) -> list[dict]:
-    _hide(os.environ.get("MIXLORA_BENCH_HIDE", ""))
     for pkg in NEEDS.get(module, ()):
         try:
             importlib.import_module(pkg)
         except ImportError:
             return [skipped(workload, b, f"{pkg} not installed") for b in enabled]
-    from .spec import BenchSpec
-
     mod = importlib.import_module(f"{__package__}.{MODULES[module]}")
     return mod.run(workload, BenchSpec.load(spec_path), set(enabled))
 
