@@ -47,7 +47,7 @@ from mlx_mixlora.bench.timing import repeat, timed
 from mlx_mixlora.io import write_json
 from mlx_mixlora.modules import get_module
 from mlx_mixlora.route import Decision, attach_mixed, detach_mixed, fused, mixed_forward
-from mlx_mixlora.route.fused import decision_updates
+from mlx_mixlora.route.decision import decision_updates
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -319,10 +319,8 @@ def main() -> None:
     ap.add_argument(
         "--only", default="decode,switch,prefill,peft", help="comma list of parts to run"
     )
-    ap.add_argument("--chunk-kb", default="64,256,1024", help="AdapterSwitcher chunk sizes to time")
     ap.add_argument("--quick", action="store_true", help="tiny shapes: a smoke test, not a result")
     a = ap.parse_args()
-    a.chunk_kb = [int(x) * 1024 for x in a.chunk_kb.split(",")]
     a.switch_ranks = [int(x) for x in a.switch_ranks.split(",") if x]
     only = set(a.only.split(","))
     a.hidden, a.intermediate, a.heads, a.kv_heads, a.vocab = 2048, 5632, 32, 4, 32000

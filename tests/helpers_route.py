@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
+from helpers_train import save_model_dir as train_save_model_dir
 from helpers_train import tiny_model as train_tiny_model
 from mlx.utils import tree_flatten
 from mlx_lm.models import llama
@@ -62,24 +62,5 @@ def save_random_adapters(root: Path, model, n: int = 4, **kw) -> list[Path]:
 
 
 def save_model_dir(path: Path, model) -> Path:
-    """An MLX model dir with a char-level HF tokenizer (one token per character)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    cfg = {k: v for k, v in vars(model.args).items() if v is not None and not k.startswith("_")}
-    (path / "config.json").write_text(json.dumps(cfg))
-    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: 3 + i for i, c in enumerate(CHARS)}}
-    assert len(vocab) <= model.args.vocab_size
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
-    fast.save_pretrained(str(path))
-    return path
+    """An MLX model dir with a char-level HF tokenizer that also knows upper case."""
+    return train_save_model_dir(path, model, chars=CHARS)

@@ -54,8 +54,10 @@ class CharTokenizer:
         return "".join(CHARS[i - 3] for i in ids if 3 <= i < 3 + len(CHARS))
 
 
-def save_model_dir(path: Path, model: llama.Model | None = None, seed: int = 0) -> Path:
-    """Write an MLX model dir (config, weights, a char-level HF tokenizer)."""
+def save_model_dir(
+    path: Path, model: llama.Model | None = None, seed: int = 0, chars: str = CHARS
+) -> Path:
+    """Write an MLX model dir (config, weights, a char-level HF tokenizer over `chars`)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -66,7 +68,8 @@ def save_model_dir(path: Path, model: llama.Model | None = None, seed: int = 0) 
     cfg = {k: v for k, v in vars(args).items() if v is not None and not k.startswith("_")}
     (path / "config.json").write_text(json.dumps(cfg))
     mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: 3 + i for i, c in enumerate(CHARS)}}
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: 3 + i for i, c in enumerate(chars)}}
+    assert len(vocab) <= args.vocab_size
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     tok.post_processor = processors.TemplateProcessing(
