@@ -7,6 +7,7 @@ import math
 import mlx.core as mx
 import numpy as np
 import pytest
+from helpers_train import tiny_args
 
 from mlx_mixlora.scoring import (
     Method,
@@ -36,19 +37,7 @@ def tiny(tmp_path_factory):
     save_tokenizer(train_bpe(tokenizer_texts(pretraining_docs(100, 0)), 400), path, 512)
     tokenizer = load_tokenizer(path)
     mx.random.seed(0)
-    model = llama.Model(
-        llama.ModelArgs(
-            model_type="llama",
-            hidden_size=64,
-            num_hidden_layers=2,
-            intermediate_size=128,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            rms_norm_eps=1e-5,
-            vocab_size=400,
-            tie_word_embeddings=False,
-        )
-    )
+    model = llama.Model(tiny_args(vocab_size=400))
     mx.eval(model.parameters())
     return model, tokenizer
 
