@@ -54,3 +54,26 @@ def test_the_cli_offers_the_table_s_routers():
     assert "--router [gate|arrow|uniform]" in out
     assert [k for k, v in R.ROUTERS.items() if v.routes] == ["gate", "centroid", "arrow"]
     assert R.ROUTERS["uniform"].mode == "all" and R.ROUTERS["oracle"].needs_labels
+
+
+def test_routed_scores_carry_every_per_example_metric(routing_dirs):  # noqa: F811
+    """A routed summarization row has ROUGE-1/2/L, each the example-weighted mean of its groups:
+    with the oracle every prompt is on its own adapter, so they equal that adapter's own scores."""
+    from mlx_mixlora.lora import detach_lora, load_adapter_into
+    from mlx_mixlora.scoring import score_task
+    from mlx_mixlora.tasks import get_task, load_examples
+
+    model_dir, ads = routing_dirs
+    s = R.load_setup(model_dir, ads)
+    task = get_task("summarization")
+    own = next(i for i, a in enumerate(s.adapters) if a.task == "summarization")
+    examples = load_examples(task, "synthetic", "test", n=4)
+    routed = R.score_routed(
+        s.model, s.tokenizer, task, examples, R.OracleRouter(len(s.adapters)), s.adapters, own
+    )
+    load_adapter_into(s.model, ads[own])
+    direct = score_task(s.model, s.tokenizer, task, examples)
+    detach_lora(s.model)
+    for key in ("rouge_1", "rouge_2", "rouge_l", "score"):
+        assert routed[key] == pytest.approx(direct[key], abs=1e-6), key
+    assert routed["routing_accuracy"] == 1.0

@@ -19,7 +19,8 @@ from .decision import decide
 from .embed import encode_prompts
 from .switch import fused_groups
 
-_MEAN_KEYS = ("accuracy_gen", "accuracy_ll", "rouge_l", "score", "chance")
+# per-example means (macro-F1 is not one, so it is left out of routed rows)
+_MEAN_KEYS = ("accuracy_gen", "accuracy_ll", "rouge_1", "rouge_2", "rouge_l", "score", "chance")
 
 
 def score_routed(
