@@ -8,9 +8,7 @@ phrasings that no training code uses. Styles:
 
 - ``template``: the bare template for every row (how results were measured before);
 - ``varied``: the template for `TEMPLATE_SHARE` of the rows, a train phrasing for
-  the rest (what adapters and gates train on); `TYPED_SHARE` of the phrased rows are
-  also written the way people type (`typed`): lower case, no final full stop, the
-  text in quotes, "u" and "pls";
+  the rest (what adapters and gates train on);
 - ``heldout``: a held-out phrasing for every row (generalisation to new wordings).
 
 The phrasing of each row is drawn from a seeded RNG, so a style, a seed and the
@@ -20,7 +18,6 @@ rows fix the prompts exactly.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Sequence
 
 from ..errors import MixloraError
@@ -34,9 +31,6 @@ TRAIN_STYLES = (
 # Share of `varied` prompts that keep the template: the template is still the most
 # common way a prompt arrives from our own tools, so it stays well represented.
 TEMPLATE_SHARE = 0.25
-# Share of the phrased `varied` rows also written as people type. Without it, adapters
-# trained on tidy text answered hand-typed requests at 0.76-0.81 of their template score.
-TYPED_SHARE = 0.5
 
 
 def check_style(style: str, task: Task | None = None) -> str:
@@ -72,41 +66,11 @@ def row_phrasings(task: Task, n: int, style: str, seed: int = 0) -> list[str | N
     return [None if rng.random() < TEMPLATE_SHARE else rng.choice(task.phrasings) for _ in range(n)]
 
 
-def typed(task: Task, row: dict, phrasing: str, rng: random.Random) -> tuple[dict, str]:
-    """The row and phrasing as someone might type them; the target field is never touched.
-
-    Each change is drawn on its own: the text lower-cased, its final full stop
-    dropped, the text in quotes; the instruction lower-cased, without its question
-    mark, with "you" as "u" and "please" as "pls".
-    """
-    row = dict(row)
-    for f in task.fields:
-        text = str(row[f])
-        if rng.random() < 0.5:
-            text = text.lower()
-        if rng.random() < 0.5:
-            text = text.rstrip().rstrip(".")
-        if rng.random() < 0.15 and '"{' not in phrasing:
-            text = f'"{text}"'
-        row[f] = text
-    if rng.random() < 0.5:
-        phrasing = phrasing.lower()
-    if rng.random() < 0.3:
-        phrasing = phrasing.replace("?", "")
-    if rng.random() < 0.2:
-        phrasing = re.sub(r"\byou\b", "u", re.sub(r"\b[Pp]lease\b", "pls", phrasing))
-    return row, phrasing
-
-
 def phrased_examples(
     task: Task, rows: Sequence[dict], style: str = "template", seed: int = 0
 ) -> list[dict[str, str]]:
     """`{"prompt", "completion"}` pairs of `rows` with prompts in `style`."""
-    phrasings = row_phrasings(task, len(rows), style, seed)
-    rng = random.Random(f"typed:{task.name}:{seed}")
-    out = []
-    for row, p in zip(rows, phrasings, strict=True):
-        if style == "varied" and p is not None and rng.random() < TYPED_SHARE:
-            row, p = typed(task, row, p, rng)
-        out.append(task.example(row, p))
-    return out
+    return [
+        task.example(row, p)
+        for row, p in zip(rows, row_phrasings(task, len(rows), style, seed), strict=True)
+    ]
