@@ -26,7 +26,7 @@ from typing import Any
 from .errors import MixloraError
 from .identity import check_same_base
 from .io import atomic_dir, check_safetensors_header, read_json, write_json
-from .validate import adapter_dims, finite_tensors
+from .validate import adapter_dims, finite_tensors, mapping, required_keys
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapters.safetensors"
@@ -105,12 +105,7 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "adapter config") -> AdapterConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise MixloraError(f"{source}: unknown keys {unknown}")
-        if not isinstance(d, dict):
-            raise MixloraError(f"{source}: must be a JSON object")
+        mapping(d, source, (f.name for f in dataclasses.fields(cls)))
         if d.get("format", FORMAT) != FORMAT:
             raise MixloraError(f"{source}: format {d.get('format')!r} is not {FORMAT!r}")
         version = d.get("format_version", FORMAT_VERSION)
@@ -118,9 +113,8 @@ class AdapterConfig:
             raise MixloraError(
                 f"{source}: format_version {version!r} is not supported (this mixlora reads up to {FORMAT_VERSION})"
             )
-        for key in ("rank", "alpha", "targets", "layers"):
-            if key not in d:
-                raise MixloraError(f"{source}: missing key {key!r}")
+        # after the format checks: a newer format may name its keys differently
+        required_keys(d, source, ("rank", "alpha", "targets", "layers"))
         _expect(
             source, "rank", d["rank"], _is_int(d["rank"]) and d["rank"] >= 1, "a positive integer"
         )

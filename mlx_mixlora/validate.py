@@ -117,7 +117,12 @@ def mapping(
     unknown = sorted(str(k) for k in set(d) - known)
     if unknown:
         raise MixloraError(f"{source}: unknown keys {unknown}; known: {sorted(known)}")
-    for key in required:
+    return required_keys(d, source, required)
+
+
+def required_keys(d: Mapping[str, Any], source: str, keys: Iterable[str]) -> Mapping[str, Any]:
+    """Every one of `keys` is in `d`."""
+    for key in keys:
         if key not in d:
             raise MixloraError(f"{source}: missing key {key!r}")
     return d

@@ -80,6 +80,18 @@ def test_unknown_config_key(tmp_path):
         load_adapter(tmp_path / "a")
 
 
+def test_config_dict_shape_errors_are_one_line():
+    good = _adapter()[0].to_dict()
+    with pytest.raises(MixloraError, match="must be a mapping"):
+        AdapterConfig.from_dict(5)
+    with pytest.raises(MixloraError, match="missing key 'rank'"):
+        AdapterConfig.from_dict({k: v for k, v in good.items() if k != "rank"})
+    # a format we do not read is named before any key it may lack
+    newer = {k: v for k, v in good.items() if k != "rank"} | {"format_version": 99}
+    with pytest.raises(MixloraError, match="format_version 99"):
+        AdapterConfig.from_dict(newer)
+
+
 def test_save_refuses_inconsistent_weights_and_writes_nothing(tmp_path):
     cfg, weights = _adapter()
     weights.pop("model.layers.1.self_attn.q_proj.lora_b")

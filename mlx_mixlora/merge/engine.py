@@ -19,6 +19,7 @@ from ..adapter_format import (
     Adapter,
     AdapterConfig,
     check_weights,
+    module_path,
     parse_module_path,
     save_adapter,
 )
@@ -267,7 +268,7 @@ def _result_config(
     ranks: dict[str, int] = {}
     for layer in layers:
         for t in targets:
-            p = f"model.layers.{layer}.{TARGET_PARENT[t]}.{t}"
+            p = module_path(layer, t)
             if f"{p}.lora_a" not in out_w:
                 in_dim, out_dim = dims[t]
                 out_w[f"{p}.lora_a"] = mx.zeros((1, in_dim))
