@@ -76,6 +76,7 @@ class _Plan:
     stats: DataStats
     stop_at: int | None
     progress: bool
+    log_as: Path | None = None  # the adapter's final path, where `out` is a temp dir
 
 
 @dataclass
@@ -190,6 +191,7 @@ def train_adapter(
     checkpoint_dir: str | Path | None = None,
     stop_at: int | None = None,
     detach: bool = True,
+    log_as: str | Path | None = None,
 ) -> TrainResult:
     """Train one LoRA adapter and write it to `out_dir` in the adapter format.
 
@@ -198,6 +200,8 @@ def train_adapter(
     one base can train several adapters. `stop_at` ends the run after that step
     with a checkpoint and no adapter (a time-boxed or interrupted run);
     `resume` continues from the newest checkpoint. `out_dir=None` skips writing.
+    `log_as` is the path the log names for the adapter when `out_dir` lies in a
+    temp dir that the caller renames afterwards.
     """
     cfg = (cfg or TrainConfig()).validate()
     out = Path(out_dir) if out_dir is not None else None
@@ -260,7 +264,7 @@ def train_adapter(
 
     plan = _Plan(
         model, items, val_items, cfg, acfg, out, overwrite, ckpt_dir, fingerprint, total, stats,
-        stop_at, progress,
+        stop_at, progress, Path(log_as) if log_as is not None else None,
     )  # fmt: skip
     mx.random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -530,7 +534,8 @@ def _loop(
     if out is not None and not stopped:
         written = save_adapter(out, acfg, adapter_weights(model), overwrite=plan.overwrite)
         write_metrics(written / METRICS_FILE, metrics.records)
-        _log(progress, f"adapter written to {written} (training record: {METRICS_FILE})")
+        shown = plan.log_as or written
+        _log(progress, f"adapter written to {shown} (training record: {METRICS_FILE})")
     return TrainResult(
         adapter_dir=written,
         config=acfg,
