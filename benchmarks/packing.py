@@ -13,7 +13,12 @@ loop's own seconds:
 
 Every peer also counts the examples and tokens its batches held.
 
+`--case grad-checkpoint` measures `--grad-checkpoint`'s memory/time trade on the
+same model with long rows (prompts 400-500 tokens, batch 8, unpacked): peers
+`no_checkpoint` and `grad_checkpoint`.
+
     python benchmarks/packing.py --before e55a3fa --out benchmarks/results/packing.json
+    python benchmarks/packing.py --case grad-checkpoint --iters 10 --out benchmarks/results/grad_checkpoint.json
 """
 
 from __future__ import annotations
@@ -34,24 +39,33 @@ from mlx_mixlora.io import write_json
 MODEL_CFG = dict(TINYLLAMA, hidden_size=512, intermediate_size=1408, num_attention_heads=8,
                  num_key_value_heads=2, num_hidden_layers=4)  # fmt: skip
 LORA = Sizes()
-PEERS = {"packed": True, "unpacked": False, "packed_before": True}
+PEERS = {  # peer -> (pack, grad_checkpoint)
+    "packed": (True, False),
+    "unpacked": (False, False),
+    "packed_before": (True, False),
+    "no_checkpoint": (False, False),
+    "grad_checkpoint": (False, True),
+}
+PROMPT_TOKENS = {"packing": (18, 31), "grad-checkpoint": (400, 501)}
 
 
-def make_rows(n: int, seed: int = 0) -> list[dict]:
+def make_rows(n: int, case: str = "packing", seed: int = 0) -> list[dict]:
     import numpy as np
 
     rng = np.random.default_rng(seed)
     v = MODEL_CFG["vocab_size"]
     return [
         {
-            "prompt": " ".join(map(str, rng.integers(3, v, int(rng.integers(18, 31))))),
+            "prompt": " ".join(
+                map(str, rng.integers(3, v, int(rng.integers(*PROMPT_TOKENS[case]))))
+            ),
             "completion": " ".join(map(str, rng.integers(3, v, int(rng.integers(2, 5))))),
         }
         for _ in range(n)
     ]
 
 
-def worker(model_dir: Path, rows: list[dict], pack: bool, iters: int, batch: int) -> dict:
+def worker(model_dir: Path, rows: list[dict], peer: str, iters: int, batch: int) -> dict:
     """One training run in this process; counts what its batches held."""
     import mlx.core as mx
 
@@ -70,8 +84,11 @@ def worker(model_dir: Path, rows: list[dict], pack: bool, iters: int, batch: int
 
     trainer.make_batch = counted
     model, _ = load_fp32(model_dir)
+    pack, ckpt = PEERS[peer]
     cfg = TrainConfig(rank=LORA.rank, alpha=LORA.alpha, targets=TARGETS, lr=LORA.lr, seed=0,
                       iters=iters, batch_size=batch, max_seq_len=512, pack=pack)  # fmt: skip
+    if ckpt:  # a field only the current trainer has
+        cfg.grad_checkpoint = True
     mx.reset_peak_memory()
     res = train_adapter((model, IntTokenizer()), rows, None, cfg, progress=False)
     hist = res.history
@@ -108,14 +125,15 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=80)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--before", default=None, help="git rev of the trainer before the change")
+    ap.add_argument("--case", choices=sorted(PROMPT_TOKENS), default="packing")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.worker:
-        out = worker(Path(args.model_dir), make_rows(args.rows), PEERS[args.worker], args.iters,
-                     args.batch_size)  # fmt: skip
+        out = worker(Path(args.model_dir), make_rows(args.rows, args.case), args.worker,
+                     args.iters, args.batch_size)  # fmt: skip
         Path(args.result).write_text(json.dumps(out))
         return
 
@@ -123,12 +141,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = random_model(Path(tmp) / "model", MODEL_CFG)
         peers = ["packed", "unpacked"] + (["packed_before"] if args.before else [])
+        if args.case == "grad-checkpoint":
+            peers = ["no_checkpoint", "grad_checkpoint"]
         old = checkout(args.before, Path(tmp) / "before") if args.before else None
         for peer in peers:
             result = Path(tmp) / f"{peer}.json"
             cmd = [sys.executable, __file__, "--worker", peer, "--model-dir", str(model_dir),
                    "--result", str(result), "--rows", str(args.rows), "--iters", str(args.iters),
-                   "--batch-size", str(args.batch_size)]  # fmt: skip
+                   "--batch-size", str(args.batch_size), "--case", args.case]  # fmt: skip
             env = peer_env(True)
             if peer == "packed_before":  # the old package first on the path
                 env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(old), env.get("PYTHONPATH")]))
@@ -138,15 +158,14 @@ def main() -> None:
             r["load_average_1min"] = load_average()[0]
             results[peer] = r
             print(f"{peer}: {json.dumps(r)}", file=sys.stderr, flush=True)
-    p, u = results["packed"], results["unpacked"]
+    a, b = peers[0], peers[1]
+    p, u = results[a], results[b]
     ratios = {}
     if "error" not in p and "error" not in u:
         ratios = {
-            "packed_over_unpacked_train_seconds": round(p["train_seconds"] / u["train_seconds"], 3),
-            "packed_over_unpacked_wall_seconds": round(
-                p["wall_seconds_cold"] / u["wall_seconds_cold"], 3
-            ),
-            "packed_over_unpacked_peak_memory": round(
+            f"{a}_over_{b}_train_seconds": round(p["train_seconds"] / u["train_seconds"], 3),
+            f"{a}_over_{b}_wall_seconds": round(p["wall_seconds_cold"] / u["wall_seconds_cold"], 3),
+            f"{a}_over_{b}_peak_memory": round(
                 p["peak_mlx_memory_gb"] / u["peak_mlx_memory_gb"], 3
             ),
         }
@@ -155,10 +174,12 @@ def main() -> None:
         "machine": machine_record(gemm=False),
         "model": MODEL_CFG,
         "lora": {"rank": LORA.rank, "alpha": LORA.alpha, "targets": TARGETS, "lr": LORA.lr},
-        "case": f"{args.rows} rows (prompt 18-30, answer 2-4 tokens), --iters {args.iters} "
-        f"--batch-size {args.batch_size}, max_seq_len 512",
+        "case": f"{args.case}: {args.rows} rows (prompt {PROMPT_TOKENS[args.case]} tokens, "
+        f"answer 2-4), --iters {args.iters} --batch-size {args.batch_size}, max_seq_len 512",
         "before": args.before,
-        "target": "packed: iters x batch-size examples, train time and peak memory <= unpacked",
+        "target": "packed: iters x batch-size examples, train time and peak memory <= unpacked"
+        if args.case == "packing"
+        else "grad-checkpoint: the peak memory it saves and the time it costs",
         "note": "wall seconds on a shared machine: see load_average_1min per peer",
         "results": results,
         "ratios": ratios,
