@@ -68,7 +68,7 @@ from ..validate import COUNT, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE
 @click.option(
     "--grad-checkpoint/--no-grad-checkpoint",
     default=None,
-    help="Recompute activations in backward.",
+    help="Recompute activations in backward: less memory, slower (README: measured trade).",
 )
 @click.option(
     "--val-every", type=NON_NEGATIVE_INT, default=None, help="Validate every N steps [end only]."
