@@ -236,3 +236,11 @@ def test_plot_draws_runs_and_refuses_bad_records(tmp_path):
         assert r.exit_code != 0 and match in r.output
         assert r.output.count("error:") == 1 and "Traceback" not in r.output
         assert not (tmp_path / "x.png").exists()
+
+
+def test_steps_per_report_must_be_positive(tmp_path):
+    with pytest.raises(MixloraError, match="steps_per_report must be >= 1"):
+        TrainConfig(steps_per_report=0).validate()
+    r = CliRunner().invoke(cli, ["train", "--model", str(tmp_path), "--data", str(tmp_path / "d"),
+                                 "--out", str(tmp_path / "o"), "--steps-per-report", "0"])  # fmt: skip
+    assert r.exit_code != 0 and "--steps-per-report" in r.output and "Traceback" not in r.output

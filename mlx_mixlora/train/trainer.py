@@ -41,6 +41,9 @@ from .loss import target_loss
 from .metrics import METRICS_FILE, MetricsLog, train_line, val_line, write_metrics
 from .parallel import SplitStep, blas_threads, default_streams
 
+# options that shape the log, not the adapter: left out of the adapter's recorded options
+LOG_ONLY = ("name", "task", "steps_per_report")
+
 
 @dataclass
 class TrainResult:
@@ -516,7 +519,7 @@ def _loop(
     tps = timed_tokens / timed_s if timed_s else 0.0
     acfg, stats, out = plan.acfg, plan.stats, plan.out
     acfg.extra = {
-        "train": {k: v for k, v in cfg.to_dict().items() if k not in ("name", "task")},
+        "train": {k: v for k, v in cfg.to_dict().items() if k not in LOG_ONLY},
         "steps": total,
         "final_train_loss": train_loss,
         "final_val_loss": val_loss,
