@@ -10,9 +10,9 @@ every step but the first (compile / warm-up).
 (b) seed-like: prompts of 60-400 tokens, answers of 1-10 tokens, loss on the
     answers only (mlx-lm: mask_prompt offsets); one epoch over the same
     examples for each peer. `ours` uses length-sorted batches of 4 like
-    mlx-lm (prompts this long leave little padding); `ours_packed` packs them
-    into 512-token rows, 2 rows a batch (block-diagonal attention does extra,
-    masked work on rows this long, so it is reported but not the headline).
+    mlx-lm (prompts this long leave little padding); `ours_packed` packs the
+    same 4 examples a step into 512-token rows (block-diagonal attention does
+    extra, masked work on rows this long, so it is reported but not the headline).
 
 Peers run as they ship, with one exception: MLX peers get the OpenBLAS preload
 (without it the Linux mlx wheel does ~4 GFLOP/s and no comparison means

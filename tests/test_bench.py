@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -273,3 +274,21 @@ def test_peers_run_as_they_ship(monkeypatch):
     assert "MIXLORA_NO_MALLOC_TUNING" not in ours and "MIXLORA_NO_OPENBLAS" not in ours
     assert torch["MIXLORA_NO_OPENBLAS"] == "1" and torch["MIXLORA_NO_MALLOC_TUNING"] == "1"
     assert "MIXLORA_NO_MALLOC_TUNING" not in mlx_lm_heap
+
+
+@pytest.mark.slow
+def test_quick_without_out_writes_to_a_temp_dir_not_the_working_dir(tmp_path, monkeypatch):
+    """A smoke test is not a result: it never lands in ./benchmarks/results/."""
+    import tempfile
+
+    work, tmp = tmp_path / "work", tmp_path / "tmp"
+    work.mkdir()
+    tmp.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    res = CliRunner().invoke(main, ["bench", "merge", "--quick", "--backends", "mlx"])
+    assert res.exit_code == 0, res.output
+    assert list(work.iterdir()) == []
+    wrote = res.output.strip().splitlines()[-1]
+    out = Path(wrote.split()[1].removesuffix("/bench.json,"))
+    assert out.parent.parent == tmp and (out / "bench.json").is_file()

@@ -119,6 +119,19 @@ def test_demo_failure_leaves_no_output(tiny_base, tmp_path):
         run_demo(_cfg(tiny_base, tmp_path / "y"))
 
 
+def test_demo_log_names_final_paths_and_records_the_machine(tiny_base, tmp_path, capsys):
+    out = tmp_path / "m"
+    run_demo(_cfg(tiny_base, out, tasks=["sentiment"], merges=False, plots=False, progress=True))
+    err = capsys.readouterr().err
+    assert f"adapter written to {out / 'adapters' / 'sentiment'} " in err
+    assert ".tmp-" not in err  # the temp dir is renamed at the end: never name it
+    machine = json.loads((out / "results.json").read_text())["machine"]
+    assert machine["cpus"] >= 1 and machine["chip"] and machine["blas"]
+    assert machine["versions"]["mlx"]
+    report = (out / "report.md").read_text()
+    assert f"Machine: {machine['chip']} ({machine['cpus']} CPUs" in report
+
+
 def test_demo_cli_prints_the_table(tiny_base, tmp_path):
     r = CliRunner().invoke(
         main,

@@ -29,6 +29,7 @@ def test_generate_prints_choice_weights_and_answer(routing_dirs, gate_dir):  # n
     weights = [float(x.split("=")[1].rstrip(")")) for x in first.split("weights: ")[1].split(", ")]
     assert abs(sum(weights) - 1) < 2e-3 and max(weights) == weights[3]
     assert rest and rest[0].strip()
+    assert r.output.endswith("\n")  # the shell prompt starts on its own line
 
 
 def test_generate_batch_jsonl(routing_dirs, gate_dir, tmp_path):  # noqa: F811

@@ -237,7 +237,7 @@ def test_checkpoint_temp_dirs_of_a_killed_run_are_swept(tmp_path, model_dir):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert not stale.exists()
-    assert sorted(p.name for p in ckpts.iterdir()) == ["step_0000002"]
+    assert sorted(p.name for p in ckpts.iterdir()) == ["metrics.jsonl", "step_0000002"]
 
 
 @pytest.mark.parametrize("existing", ["file", "symlink", "dir"])

@@ -17,6 +17,7 @@ import pytest
 from helpers_train import save_model_dir, tiny_model
 
 from mlx_mixlora.adapter_format import load_adapter
+from mlx_mixlora.train.metrics import read_metrics
 
 ROWS = [{"prompt": f"abc {i} =", "completion": f" {i % 5}"} for i in range(48)]
 
@@ -25,7 +26,7 @@ def train_cmd(model_dir, data, out, *extra):
     return [
         sys.executable, "-m", "mlx_mixlora.cli", "train", "--model", str(model_dir), "--data", str(data),
         "--out", str(out), "--iters", "40", "--batch-size", "2", "--save-every", "2", "--lr", "1e-2",
-        "--dropout", "0.1", "--seed", "3", "--quiet", *extra,
+        "--dropout", "0.1", "--seed", "3", "--steps-per-report", "1", "--quiet", *extra,
     ]  # fmt: skip
 
 
@@ -64,6 +65,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     # No half-written checkpoint is ever visible: every step_* dir is complete.
     for step in ckpts.glob("step_*"):
         assert (step / "state.json").is_file(), f"incomplete checkpoint {step}"
+    # The live training record holds whole lines only, one per step so far.
+    live = read_metrics(ckpts / "metrics.jsonl")
+    assert [r["step"] for r in live] == list(range(1, len(live) + 1))
 
     resumed = subprocess.run(
         train_cmd(model_dir, data, out, "--resume"), capture_output=True, text=True, timeout=300
@@ -73,6 +77,13 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     _, w_resumed = load_adapter(out)
     for k in w_straight:
         assert np.array_equal(np.array(w_straight[k]), np.array(w_resumed[k])), k
+    # The record continues the same file: every step once, the same losses as the straight run.
+    final = read_metrics(out)
+    assert [r["step"] for r in final] == list(range(1, 41))
+    assert read_metrics(ckpts / "metrics.jsonl") == final
+    assert [r["train_loss"] for r in final] == [
+        r["train_loss"] for r in read_metrics(tmp_path / "straight")
+    ]
 
 
 # --- issue 18: kill -9 anywhere, run the same command again: it succeeds, nothing stale is left ---

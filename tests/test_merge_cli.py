@@ -139,7 +139,7 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path):
     other = make_adapter(9, name="other", base={"hidden_size": 128})
     save_adapter(tmp_path / "other", other.config, other.weights)
     cases = [
-        (["-m", "ties"], "needs a density"),
+        (["-m", "magnitude_prune"], "needs a density"),
         (["-m", "linear", str(tmp_path / "other")], "different base"),
         (["-m", "linear", "--weights", "1,2"], "got 2 weights for 3 adapters"),
         (["-m", "layer_wise", "--layer-ranges", "nope:0-1"], "unknown adapter 'nope'"),

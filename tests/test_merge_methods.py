@@ -122,6 +122,22 @@ def test_ties_dense_matches_reference(three, elect, density):
         assert_close(res.deltas[p], ref)
 
 
+def test_ties_without_a_density_is_mergekits_default_of_one(three):
+    """No --density: no trim (mergekit's density 1.0), still sign election + disjoint mean."""
+    ws = [0.6, 1.3, -0.4]
+    plain = merge_adapters(three, "ties", weights=ws, output="deltas")
+    one = merge_adapters(three, "ties", weights=ws, density=1.0, output="deltas")
+    lin = merge_adapters(three, "linear", weights=ws, output="deltas")
+    for p in _all_paths(three):
+        assert_close(plain.deltas[p], one.deltas[p])
+    # the sign election still runs: where adapters overlap, the result is not their weighted sum
+    diff = [np.abs(np.array(plain.deltas[p]) - np.array(lin.deltas[p])).max() for p in plain.deltas]
+    assert max(diff) > 1e-2
+    for p in _all_paths(three):
+        ds, present = _ds(three, p)
+        assert_close(plain.deltas[p], np_ties(ds, [ws[i] for i in present], 1.0, "total"))
+
+
 @pytest.mark.parametrize("method", ["ties", "magnitude_prune", "dare_ties"])
 def test_trim_with_many_exact_ties_matches_reference(method):
     """Factors from {-1, 1}: ΔW entries tie massively at the threshold."""
@@ -297,7 +313,7 @@ def test_zero_weight_adapter_takes_no_part_in_ties(three):
     "kwargs,msg",
     [
         ({"method": "nope"}, "unknown merge method"),
-        ({"method": "ties"}, "needs a density"),
+        ({"method": "magnitude_prune"}, "needs a density"),
         ({"method": "dare_linear"}, "needs a drop"),
         ({"method": "dare_linear", "drop": 1.0}, "drop probability"),
         ({"method": "ties", "density": 1.5}, "density must be"),

@@ -220,7 +220,7 @@ def test_tiny_model_learns_tiny_task_to_full_accuracy():
         iters=150,
         lr=3e-3,
         warmup=5,
-        batch_size=4,
+        batch_size=12,  # the whole task each step (packed into one or two rows)
         max_seq_len=64,
         targets=targets,
     )
@@ -261,7 +261,7 @@ def test_resume_ends_with_the_same_adapter(tmp_path):
     res = train_adapter((model, TOK), data, tmp_path / "resumed", cfg, progress=False, stop_at=5)
     assert res.stopped_early and res.adapter_dir is None and not (tmp_path / "resumed").exists()
     ckpts = sorted(p.name for p in (tmp_path / "resumed.checkpoints").iterdir())
-    assert ckpts == ["step_0000003", "step_0000005"]
+    assert ckpts == ["metrics.jsonl", "step_0000003", "step_0000005"]
     done = train_adapter((model, TOK), data, tmp_path / "resumed", cfg, progress=False, resume=True)
     assert done.steps == 9
     (ca, wa), (cb, wb) = load_adapter(tmp_path / "straight"), load_adapter(tmp_path / "resumed")

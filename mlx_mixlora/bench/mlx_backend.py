@@ -87,7 +87,7 @@ def train_ours(model_dir: str | Path, data: dict, workload: str = "a", sizes: Si
         ]
         cfg = TrainConfig(
             epochs=1,
-            batch_size=2 if pack else 4,
+            batch_size=4,  # examples a step, packed or not (packing only removes padding)
             max_seq_len=512,
             pack=pack,
             mask_prompt=True,

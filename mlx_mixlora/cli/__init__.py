@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "export": "export_cmd:export",
     "import": "import_cmd:import_",
     "merge": "merge_cmd:merge",
+    "plot": "plot_cmd:plot",
     "train": "train_cmd:train",
     "gate": "gate_cmd:gate",
     "generate": "generate_cmd:generate",

@@ -17,7 +17,9 @@ import click
               help="inference dtype (float16/bfloat16 is the Metal/MPS default); training is fp32")  # fmt: skip
 @click.option("--repeats", type=int, help="timed runs per figure [default: 3]")
 @click.option(
-    "--out", type=click.Path(), help="output dir [default: benchmarks/results/bench-<time>]"
+    "--out",
+    type=click.Path(),
+    help="output dir [default: benchmarks/results/bench-<time>; with --quick a new temp dir]",
 )
 @click.option("--overwrite", is_flag=True, help="replace an existing output dir")
 @click.option("--quick", is_flag=True, help="tiny shapes and sizes: a smoke test, not a result")
@@ -28,7 +30,9 @@ def bench(workloads, model, shape, layers, backends, dtype, repeats, out, overwr
     CPU; torch: mps → cuda → cpu). Without --model the model is TinyLlama-shaped
     with random weights and --layers layers. Without torch, its rows are skipped.
     """
+    import tempfile
     import time
+    from pathlib import Path
 
     import mlx_mixlora  # noqa: F401  (BLAS preload before mlx.core)
 
@@ -43,6 +47,8 @@ def bench(workloads, model, shape, layers, backends, dtype, repeats, out, overwr
         if repeats < 1:
             raise MixloraError(f"--repeats must be >= 1, got {repeats}")
         sizes.repeats = repeats
+    if out is None and quick:  # a smoke test is not a result: keep it out of benchmarks/results/
+        out = str(Path(tempfile.mkdtemp(prefix="mixlora-bench-quick-")) / "bench")
     out = out or f"benchmarks/results/bench-{time.strftime('%Y%m%d-%H%M%S')}"
     result = run_bench(workloads, backends, out, shape=shape, layers=layers, model=model,
                        dtype=dtype, quick=quick, sizes=sizes, overwrite=overwrite)  # fmt: skip

@@ -1,4 +1,4 @@
-"""`mixlora export peft|hf`: hand adapters to PEFT / Transformers users."""
+"""`mixlora export peft|mlx-lm|hf`: hand adapters to PEFT / mlx-lm / Transformers users."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import click
 
 @click.group()
 def export() -> None:
-    """Export adapters for PEFT, or a fused full checkpoint for Transformers."""
+    """Export adapters for PEFT or mlx-lm, or a fused full checkpoint for Transformers."""
 
 
 @export.command("peft")
@@ -28,6 +28,21 @@ def export_peft_cmd(adapter_dir, out, base_model_id, overwrite) -> None:
     click.echo(
         f"wrote {export_peft(adapter_dir, out, base_model_id=base_model_id, overwrite=overwrite)}"
     )
+
+
+@export.command("mlx-lm")
+@click.argument("adapter_dir", type=click.Path())
+@click.option(
+    "-o", "--out", required=True, type=click.Path(), help="Output mlx-lm adapter directory."
+)
+@click.option("--overwrite", is_flag=True)
+def export_mlx_lm_cmd(adapter_dir, out, overwrite) -> None:
+    """Write ADAPTER_DIR as adapters.safetensors + adapter_config.json for mlx-lm's --adapter-path."""
+    from ..convert.mlx_lm_export import export_mlx_lm
+    from ..io import check_output
+
+    check_output(out, overwrite, adapter_dir)
+    click.echo(f"wrote {export_mlx_lm(adapter_dir, out, overwrite=overwrite)}")
 
 
 @export.command("hf")

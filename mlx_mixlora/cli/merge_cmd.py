@@ -15,7 +15,11 @@ from ..validate import COUNT, FINITE, FRACTION, NON_NEGATIVE_INT, SEED
 @click.option("--method", "-m", required=True, type=click.Choice(METHODS), help="Merge method.")
 @click.option("--weights", help="Comma-separated weight per adapter (default 1 each).")
 @click.option("--lam", type=FINITE, default=1.0, show_default=True, help="task_arithmetic's λ.")
-@click.option("--density", type=FRACTION, help="TIES/prune: fraction of entries kept per weight.")
+@click.option(
+    "--density",
+    type=FRACTION,
+    help="TIES/prune: fraction of entries kept per weight [ties: 1, no trim, as mergekit].",
+)
 @click.option("--drop", type=FRACTION, help="DARE: drop probability p (PEFT's density is 1-p).")
 @click.option(
     "--layer-ranges", help="NAME:FIRST-LAST,... per adapter (name, task or position), or 'even'."

@@ -31,8 +31,15 @@ from ..validate import COUNT, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE
 )
 @click.option("--layers", default=None, help="all, 0-7, 0,3,5 or last:4 [all].")
 @click.option("--iters", type=COUNT, default=None, help="Optimizer steps (overrides --epochs).")
-@click.option("--epochs", type=POSITIVE, default=None, help="Passes over the data [1].")
-@click.option("--batch-size", type=COUNT, default=None, help="Rows per batch [4].")
+@click.option(
+    "--epochs", type=POSITIVE, default=None, help="Passes over the data, instead of --iters [1]."
+)
+@click.option(
+    "--batch-size",
+    type=COUNT,
+    default=None,
+    help="Examples per batch, packed or not [4].",
+)
 @click.option("--grad-accum", type=COUNT, default=None, help="Batches per optimizer step [1].")
 @click.option("--max-seq-len", type=int, default=None, help="Max tokens per example / row [512].")
 @click.option("--lr", type=POSITIVE, default=None, help="Peak learning rate [2e-4].")
@@ -49,7 +56,7 @@ from ..validate import COUNT, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE
 @click.option(
     "--pack/--no-pack",
     default=None,
-    help="Pack examples into rows; off = length-sorted batches [auto: pack short examples].",
+    help="Lay a batch's examples into as few rows as fit (removes padding only) [auto: short examples].",
 )
 @click.option(
     "--long",
@@ -61,10 +68,16 @@ from ..validate import COUNT, FRACTION, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE
 @click.option(
     "--grad-checkpoint/--no-grad-checkpoint",
     default=None,
-    help="Recompute activations in backward.",
+    help="Recompute activations in backward: less memory, slower (README: measured trade).",
 )
 @click.option(
     "--val-every", type=NON_NEGATIVE_INT, default=None, help="Validate every N steps [end only]."
+)
+@click.option(
+    "--steps-per-report",
+    type=COUNT,
+    default=None,
+    help="An `Iter N: Train loss ...` line and a metrics.jsonl record every N steps [10].",
 )
 @click.option(
     "--save-every", type=NON_NEGATIVE_INT, default=None, help="Checkpoint every N steps [never]."

@@ -19,6 +19,7 @@ import click
 from .. import __version__
 from .. import route as R
 from ..adapter_format import read_adapter
+from ..bench.env import machine_record
 from ..cache import cache_root
 from ..convert import convert_hf_to_mlx
 from ..errors import MixloraError
@@ -131,6 +132,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                 tcfg,
                 progress=cfg.progress,
                 base=identity,
+                log_as=out / "adapters" / t.name,  # tmp is renamed to out at the end
             )
             timings[f"train:{t.name}"] = time.perf_counter() - t0
             adapters[t.name] = tmp / "adapters" / t.name
@@ -175,6 +177,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             retention=retention(results),
             timings_s={k: round(v, 1) for k, v in timings.items()},
             version=__version__,
+            machine=machine_record(gemm=False),  # scores and times vary with CPU and BLAS kernels
         )
         for m in results["methods"]:  # paths inside the temp dir → paths in the final dir
             if "adapter" in m:

@@ -177,6 +177,21 @@ def natural_summary(results: dict) -> str:
     return "\n".join(lines)
 
 
+def machine_lines(m: dict | None) -> list[str]:
+    """Where the demo ran: scores and times move with the CPU, its BLAS kernels and the load."""
+    if not m:
+        return []
+    v = m.get("versions") or {}
+    load = m.get("load_average")
+    return [
+        f"Machine: {m.get('chip')} ({m.get('cpus')} CPUs, {m.get('memory_gb')} GiB, {m.get('os')}); "
+        f"MLX {v.get('mlx')} on {m.get('mlx_device')}; BLAS: {m.get('blas')}"
+        + (f"; load average {load[0]:.2f} at the end" if load else "")
+        + f"; {m.get('date_utc')}.",
+        "",
+    ]
+
+
 def render_report(results: dict, figures: dict[str, str]) -> str:
     base = results.get("base", {})
     t = results.get("timings_s", {})
@@ -187,6 +202,7 @@ def render_report(results: dict, figures: dict[str, str]) -> str:
         f"{base.get('hidden_size')}); data: `{results.get('data')}`; seed {results.get('seed')}; "
         f"{results.get('eval_examples')} test examples per task (disjoint from training).",
         "",
+        *machine_lines(results.get("machine")),
         "## Task × method",
         "",
         "Label tasks: accuracy of the free generation (normalised exact match); summaries: "

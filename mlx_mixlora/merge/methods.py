@@ -44,7 +44,8 @@ def weighted_sum(s: Stack, o: MergeOptions) -> Any:
 
 
 def ties(s: Stack, o: MergeOptions) -> Any:
-    return s.merge(o, trim=True, elect=True)
+    """Trim (without a density: none, mergekit's default 1.0), elect, disjoint mean."""
+    return s.merge(o, trim=o.density is not None, elect=True)
 
 
 def dare_linear(s: Stack, o: MergeOptions) -> Any:
@@ -125,8 +126,8 @@ _TABLE = (
            needs=("layers",), demo={"layer_ranges": "even", "weights": None}),
     Method("svd", "exact", "linear, then its best rank-r (exact factored SVD; "
            "r: --rank, else the largest adapter rank)", rank=largest_rank, peft="svd"),
-    Method("ties", "dense", "trim each ΔWᵢ to its top density·numel |values|, elect the sign "
-           "by total mass, disjoint weighted mean", combine=ties, needs=("density",),
+    Method("ties", "dense", "trim each ΔWᵢ to its top density·numel |values| (default 1: no "
+           "trim, as mergekit), elect the sign by total mass, disjoint weighted mean", combine=ties,
            reads=("majority_sign",), peft="ties_svd", demo={"density": 0.2}),
     Method("dare_linear", "dense", "drop entries with prob p, rescale 1/(1-p), Σ wᵢ",
            combine=dare_linear, needs=("drop",), peft="dare_linear_svd"),

@@ -20,7 +20,9 @@ class MergeOptions:
 
     weights: Sequence[float] | str | None = None  # one per adapter ("0.5,0.3" or a list); 1 each
     lam: float = 1.0  # task_arithmetic's λ
-    density: float | None = None  # trim: fraction of entries kept per weight
+    # trim: fraction of entries kept per weight. None: ties / dare_ties do not trim, which is
+    # mergekit's default (density 1.0); PEFT has no default. magnitude_prune needs one.
+    density: float | None = None
     drop: float | None = None  # DARE: drop probability p (PEFT's density is 1 - p)
     rank: int | None = None  # compress the result to this rank
     seed: int = 0  # DARE's draws and the randomized SVD's sketch

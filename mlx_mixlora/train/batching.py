@@ -1,8 +1,9 @@
 """Batches for the trainer: packed rows or length-sorted padded rows.
 
-A batch carries inputs [B, L] plus the flat indices of the positions whose
+A batch is `batch_size` examples whether packed or not (packing only removes
+padding). It carries inputs [B, L] plus the flat indices of the positions whose
 next token is a loss target, so the LM head runs on those rows only. Packing
-puts several examples in one row (first-fit decreasing); `segments` and
+puts a batch's examples into few rows (first-fit decreasing); `segments` and
 `positions` then give a block-diagonal causal mask and per-example RoPE
 positions. Shapes are rounded up to buckets so `mx.compile` sees few shapes.
 Batch order is a pure function of (seed, epoch): resuming needs no RNG state.
@@ -103,19 +104,22 @@ def make_batch(items: list[Tokenized], rows: list[list[int]], max_len: int, pack
 def epoch_rows(
     items: list[Tokenized], batch_size: int, max_len: int, pack: bool, seed: int, epoch: int
 ) -> list[list[list[int]]]:
-    """The batches (each a list of rows of example indices) of one epoch."""
+    """The batches (each a list of rows of example indices) of one epoch.
+
+    A batch is `batch_size` examples of similar length (the last one of an
+    epoch may hold fewer), one example per row; packing lays the same examples
+    into as few rows of `max_len` as fit, so it removes padding and nothing else:
+    packed or not, a step trains on the same examples.
+    """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(items))
-    if pack:
-        rows = pack_rows(items, order, max_len)
-        rows = [rows[i] for i in rng.permutation(len(rows))]
-        return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     lens = np.array([len(items[i].ids) for i in order])
     by_len = order[np.argsort(lens, kind="stable")]
-    batches = [
-        [[int(i)] for i in by_len[k : k + batch_size]] for k in range(0, len(by_len), batch_size)
-    ]
-    return [batches[i] for i in rng.permutation(len(batches))]
+    groups = [by_len[k : k + batch_size] for k in range(0, len(by_len), batch_size)]
+    groups = [groups[i] for i in rng.permutation(len(groups))]
+    if pack:
+        return [pack_rows(items, g, max_len) for g in groups]
+    return [[[int(i)] for i in g] for g in groups]
 
 
 def batches_per_epoch(
@@ -137,3 +141,19 @@ def iterate_rows(
         else:
             k -= len(plan)
         epoch += 1
+
+
+def run_totals(
+    items: list[Tokenized], batch_size: int, max_len: int, seed: int, n_batches: int, start: int = 0
+) -> tuple[int, int]:
+    """(examples, input tokens) that batches `start`..`n_batches` of a run train on.
+
+    Packing does not change which examples a batch holds, so the unpacked plan counts both.
+    """
+    examples = tokens = 0
+    batches = iterate_rows(items, batch_size, max_len, False, seed, start=start)
+    for _ in range(n_batches - start):
+        for row in next(batches):
+            examples += len(row)
+            tokens += sum(len(items[i].ids) - 1 for i in row)
+    return examples, tokens

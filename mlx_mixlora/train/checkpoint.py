@@ -24,7 +24,9 @@ from .data import Tokenized
 
 STATE_FILE = "state.json"
 # config fields that do not change the trained adapter, so may differ on resume
-RESUME_NEUTRAL = {"val_every", "val_batches", "save_every", "keep_checkpoints", "name", "task"}
+RESUME_NEUTRAL = {
+    "val_every", "val_batches", "save_every", "keep_checkpoints", "steps_per_report", "name", "task",
+}  # fmt: skip
 
 
 def data_fingerprint(items: list[Tokenized]) -> str:
@@ -78,8 +80,10 @@ def load(
     """(step, lora weights, optimizer state tree, info); refuses a mismatched or tampered run."""
     info = read_json(path / STATE_FILE, what="checkpoint state")
     checkpoint_step(info.get("step"), path, total)
-    if not isinstance(info.get("config", {}), dict) or not isinstance(
-        info.get("history", []), list
+    if (
+        not isinstance(info.get("config", {}), dict)
+        or not isinstance(info.get("history", []), list)
+        or not isinstance(info.get("metrics", []), list)
     ):
         raise MixloraError(f"{path / STATE_FILE}: malformed checkpoint state")
     saved = {k: v for k, v in info.get("config", {}).items() if k not in RESUME_NEUTRAL}

@@ -40,6 +40,7 @@ class TrainConfig:
     streams: int = (
         0  # CPU streams a batch is split over; 0 = auto (2 on CPU, 1 on GPU or with dropout)
     )
+    steps_per_report: int = 10  # an `Iter N: Train loss ...` line and a metrics.jsonl record
     val_every: int = 0  # 0: validate only at the end (when there is validation data)
     val_batches: int = -1  # -1: the whole validation set
     save_every: int = 0  # 0: no intermediate checkpoints
@@ -69,6 +70,10 @@ class TrainConfig:
             (bool(self.targets), "targets must not be empty"),
             (0 <= self.save_every, f"save_every must be >= 0, got {self.save_every}"),
             (0 <= self.val_every, f"val_every must be >= 0, got {self.val_every}"),
+            (
+                self.steps_per_report >= 1,
+                f"steps_per_report must be >= 1, got {self.steps_per_report}",
+            ),
             (0 <= self.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED}, got {self.seed}"),
             (str(self.layers).strip() != "", "layers must not be empty (use 'all')"),
         ]

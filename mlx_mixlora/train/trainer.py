@@ -34,11 +34,15 @@ from ..lora import adapter_weights, attach_lora, detach_lora, model_identity, n_
 from ..model import base_identity, load
 from ..validate import rank_fits
 from . import checkpoint, distributed
-from .batching import Batch, batches_per_epoch, epoch_rows, iterate_rows, make_batch
+from .batching import Batch, batches_per_epoch, epoch_rows, iterate_rows, make_batch, run_totals
 from .config import TrainConfig
 from .data import DataStats, Tokenized, load_examples, prepare
 from .loss import target_loss
+from .metrics import METRICS_FILE, MetricsLog, train_line, val_line, write_metrics
 from .parallel import SplitStep, blas_threads, default_streams
+
+# options that shape the log, not the adapter: left out of the adapter's recorded options
+LOG_ONLY = ("name", "task", "steps_per_report")
 
 
 @dataclass
@@ -55,6 +59,7 @@ class TrainResult:
     data: DataStats
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+    metrics: list[dict] = field(default_factory=list)  # the records of metrics.jsonl
 
 
 @dataclass
@@ -74,6 +79,19 @@ class _Plan:
     stats: DataStats
     stop_at: int | None
     progress: bool
+    log_as: Path | None = None  # the adapter's final path, where `out` is a temp dir
+
+
+@dataclass
+class _Window:
+    """Since the last report line: summed train loss over `steps`; steps, tokens and
+    seconds timed in this process (a resumed run restores only the loss part)."""
+
+    loss: float = 0.0
+    steps: int = 0
+    timed_steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
 
 
 def _arrays(b: Batch) -> tuple:
@@ -139,6 +157,24 @@ def _validate(model: nn.Module, items: list[Tokenized], cfg: TrainConfig, n_stre
         return evaluate(model, items, cfg)
 
 
+def plan_line(cfg: TrainConfig, items: list[Tokenized], total: int) -> str:
+    """What the run will train on: examples, tokens, steps, epochs (before any work)."""
+    per_step = cfg.batch_size * cfg.grad_accum
+    examples, tokens = run_totals(
+        items, cfg.batch_size, cfg.max_seq_len, cfg.seed, total * cfg.grad_accum
+    )
+    rows = "packed into rows" if cfg.pack else "one per row"
+    return (
+        f"plan: {total} steps x {per_step} examples ({rows}) = {examples} examples, "
+        f"{tokens} tokens, {examples / len(items):.2f} epochs of {len(items)} examples"
+    )
+
+
+def _duration(s: float) -> str:
+    s = round(s)
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
+
+
 def _log(progress: bool, msg: str) -> None:
     if progress:
         print(msg, file=sys.stderr, flush=True)
@@ -158,6 +194,7 @@ def train_adapter(
     checkpoint_dir: str | Path | None = None,
     stop_at: int | None = None,
     detach: bool = True,
+    log_as: str | Path | None = None,
 ) -> TrainResult:
     """Train one LoRA adapter and write it to `out_dir` in the adapter format.
 
@@ -166,6 +203,8 @@ def train_adapter(
     one base can train several adapters. `stop_at` ends the run after that step
     with a checkpoint and no adapter (a time-boxed or interrupted run);
     `resume` continues from the newest checkpoint. `out_dir=None` skips writing.
+    `log_as` is the path the log names for the adapter when `out_dir` lies in a
+    temp dir that the caller renames afterwards.
     """
     cfg = (cfg or TrainConfig()).validate()
     out = Path(out_dir) if out_dir is not None else None
@@ -223,10 +262,12 @@ def train_adapter(
     )
     fingerprint = checkpoint.data_fingerprint(items)
     total = total_steps(cfg, items)
+    if progress:
+        _log(progress, plan_line(cfg, items, total))
 
     plan = _Plan(
         model, items, val_items, cfg, acfg, out, overwrite, ckpt_dir, fingerprint, total, stats,
-        stop_at, progress,
+        stop_at, progress, Path(log_as) if log_as is not None else None,
     )  # fmt: skip
     mx.random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -244,6 +285,8 @@ def _run(plan: _Plan, resume: bool) -> TrainResult:
     optimizer = optim.AdamW(learning_rate=make_schedule(cfg, total), weight_decay=cfg.weight_decay)
     start = 0
     history: list[dict] = []
+    records: list[dict] = []
+    window = _Window()
     if resume:
         last = checkpoint.latest(ckpt_dir) if ckpt_dir else None
         if last is None:
@@ -252,6 +295,10 @@ def _run(plan: _Plan, resume: bool) -> TrainResult:
         model.update(_nest(lora))
         optimizer.state = opt_state
         history = list(info.get("history", []))
+        records = [
+            r for r in info.get("metrics", []) if isinstance(r, dict) and r.get("step", 0) <= start
+        ]
+        window = _restore_window(info.get("report_window"))
         _log(progress, f"resuming from {last} (step {start} of {total})")
     optimizer.init(model.trainable_parameters())
     model.train()
@@ -315,17 +362,51 @@ def _run(plan: _Plan, resume: bool) -> TrainResult:
         items, cfg.batch_size, cfg.max_seq_len, cfg.pack, cfg.seed, start=start * accum
     )
     with blas_threads(1) if n_streams > 1 else contextlib.nullcontext():
-        return _loop(plan, optimizer, state, step, batches, start, history, n_streams)
+        return _loop(
+            plan, optimizer, state, step, batches, start, history, n_streams, records, window
+        )
+
+
+def _restore_window(d) -> _Window:
+    if not isinstance(d, dict):
+        return _Window()
+    try:
+        return _Window(float(d["loss"]), int(d["steps"]))
+    except (KeyError, TypeError, ValueError):
+        return _Window()
 
 
 def _loop(
-    plan: _Plan, optimizer, state, step, batches, start: int, history: list, n_streams: int
+    plan: _Plan,
+    optimizer,
+    state,
+    step,
+    batches,
+    start: int,
+    history: list,
+    n_streams: int,
+    records: list[dict],
+    window: _Window,
 ) -> TrainResult:
     model, cfg, val_items, total = plan.model, plan.cfg, plan.val_items, plan.total
     ckpt_dir, stop_at, progress = plan.ckpt_dir, plan.stop_at, plan.progress
     accum = cfg.grad_accum
+    checkpointing = ckpt_dir is not None and bool(cfg.save_every or stop_at)
+    metrics = MetricsLog(ckpt_dir / METRICS_FILE if checkpointing else None, records)
+    done_tokens = 0
+    if start:  # tokens the steps before the checkpoint trained on, for `Trained Tokens`
+        done_tokens = run_totals(
+            plan.items, cfg.batch_size, cfg.max_seq_len, cfg.seed, start * accum
+        )[1]
     mx.reset_peak_memory()
     bar = None
+
+    def say(msg: str) -> None:
+        if bar is not None:
+            bar.write(msg, file=sys.stderr)
+        elif progress:
+            _log(progress, msg)
+
     if progress:
         bar = tqdm(
             total=total,
@@ -357,6 +438,11 @@ def _loop(
         if it > start + 1 or end - start == 1:
             timed_tokens += step_tokens
             timed_s += dt
+        if it == start + 2 and end > it:
+            say(
+                f"estimated time: {_duration(seconds + (end - it) * dt)} for {end - start} steps "
+                f"({dt:.2f} s/step; the first step took {seconds - dt:.1f} s with compilation)"
+            )
         train_loss = float(sum(x.item() for x in losses) / accum)
         if not math.isfinite(train_loss):
             if bar is not None:
@@ -373,8 +459,31 @@ def _loop(
             "lr": float(optimizer.learning_rate.item()),
             "tokens": step_tokens,
         }
-        if val_items is not None and cfg.val_every and it % cfg.val_every == 0 and it < total:
-            val_loss = rec["val_loss"] = _validate(model, val_items, cfg, n_streams)
+        window.loss += train_loss
+        window.steps += 1
+        window.timed_steps += 1
+        window.tokens += step_tokens
+        window.seconds += dt
+        mrec: dict[str, Any] = {"step": it}
+        if it % cfg.steps_per_report == 0 or it == end:
+            mrec.update(
+                train_loss=window.loss / window.steps,
+                lr=rec["lr"],
+                its_per_s=window.timed_steps / window.seconds,
+                tokens_per_s=window.tokens / window.seconds,
+                trained_tokens=done_tokens + tokens,
+                peak_mem_gb=mx.get_peak_memory() / 1e9,
+            )
+            say(train_line(mrec))
+            window = _Window()
+        if val_items is not None and (it == total or (cfg.val_every and it % cfg.val_every == 0)):
+            vtic = time.perf_counter()
+            val_loss = rec["val_loss"] = mrec["val_loss"] = _validate(
+                model, val_items, cfg, n_streams
+            )
+            say(val_line(it, val_loss, time.perf_counter() - vtic))
+        if len(mrec) > 1:
+            metrics.add(mrec)
         history.append(rec)
         if bar is not None:
             tps = timed_tokens / timed_s if timed_s else step_tokens / dt
@@ -397,6 +506,8 @@ def _loop(
                 "data_fingerprint": plan.fingerprint,
                 "total_steps": total,
                 "history": history,
+                "metrics": metrics.records,
+                "report_window": {"loss": window.loss, "steps": window.steps},
             }
             checkpoint.save(
                 ckpt_dir, it, adapter_weights(model), optimizer.state, info, cfg.keep_checkpoints
@@ -404,14 +515,11 @@ def _loop(
     if bar is not None:
         bar.close()
     stopped = it < total
-    if val_items is not None and not stopped:
-        val_loss = _validate(model, val_items, cfg, n_streams)
-        _log(progress, f"validation loss: {val_loss:.4f}")
     peak = mx.get_peak_memory() / 2**30
     tps = timed_tokens / timed_s if timed_s else 0.0
     acfg, stats, out = plan.acfg, plan.stats, plan.out
     acfg.extra = {
-        "train": {k: v for k, v in cfg.to_dict().items() if k not in ("name", "task")},
+        "train": {k: v for k, v in cfg.to_dict().items() if k not in LOG_ONLY},
         "steps": total,
         "final_train_loss": train_loss,
         "final_val_loss": val_loss,
@@ -428,7 +536,9 @@ def _loop(
     written = None
     if out is not None and not stopped:
         written = save_adapter(out, acfg, adapter_weights(model), overwrite=plan.overwrite)
-        _log(progress, f"adapter written to {written}")
+        write_metrics(written / METRICS_FILE, metrics.records)
+        shown = plan.log_as or written
+        _log(progress, f"adapter written to {shown} (training record: {METRICS_FILE})")
     return TrainResult(
         adapter_dir=written,
         config=acfg,
@@ -442,6 +552,7 @@ def _loop(
         data=stats,
         history=history,
         stopped_early=stopped,
+        metrics=metrics.records,
     )
 
 
