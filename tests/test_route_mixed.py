@@ -64,6 +64,16 @@ def test_mixed_batch_matches_per_row_reference(tmp_path, backend):
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("backend", ["grouped", "gather"])
+def test_a_batch_all_on_the_base_is_the_bare_model_exactly(tmp_path, backend):
+    model = tiny_model(layers=2)
+    ads = _adapters(tmp_path, model)
+    toks = [[5, 6, 7, 8], [9, 10, 11, 12]]
+    bare = np.array(model(mx.array(toks)))
+    attach_mixed(model, ads, backend=backend)
+    assert np.array_equal(np.array(mixed_forward(model, toks, [-1, -1])), bare)
+
+
 def test_rows_differ_by_adapter(tmp_path):
     model = tiny_model(layers=2)
     ads = _adapters(tmp_path, model)

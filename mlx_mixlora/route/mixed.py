@@ -11,6 +11,8 @@ per-row adapter index once per batch. The update y += s·(x·Aᵀ)·Bᵀ is comp
   does one GEMM pair, and one inverse permutation scatters the results back.
 
 Both are exact (same math as one adapter per row); the base GEMM is shared.
+A batch whose rows all use one adapter (the common case at low load) takes
+neither: it is one plain LoRA update, and a batch all on the base adds nothing.
 """
 
 from __future__ import annotations
@@ -77,6 +79,12 @@ class MixedLoRALinear(nn.Module):
             raise MixloraError(
                 f"batch has {x.shape[0]} rows but {r.indices.shape[0]} routes were set"
             )
+        if len(r.groups) == 1:  # every row on one adapter: no gather, no permutation
+            a = r.groups[0][0]
+            if a == r.n_base:
+                return y
+            z = (x.astype(self.a_t.dtype) @ self.a_t[a]) @ self.b_t[a]
+            return y + z.astype(y.dtype)
         backend = default_backend() if self.backend == "auto" else self.backend
         xf = x.astype(self.a_t.dtype)
         if backend == "gather":
