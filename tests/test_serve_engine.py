@@ -83,14 +83,15 @@ def test_pipelined_and_unpipelined_sampling_draw_the_same_tokens():
     assert len({t for t, _, _ in a}) > 3  # the rows' texts differ
 
 
-def test_pipelining_computes_at_most_one_step_ahead_per_batch_end():
+def test_pipelining_starts_no_step_that_every_row_would_waste():
     steps = {}
     for pipeline in (False, True):
         engine = _engine(pipeline=pipeline)
-        _run(engine, [JOBS[0]], join_at=(0,))
+        _run(engine, [JOBS[0], JOBS[1]], join_at=(0, 0))
         steps[pipeline] = engine.stats()["decode_steps"]
-    # 9 tokens: the first comes from the prefill, then 8 steps; pipelined, one more in vain
-    assert steps == {False: 8, True: 9}
+    # 9 and 4 tokens, both ended by max_tokens: the first token comes from the prefill,
+    # then 8 steps; pipelined, no step is started after the longer row's last token
+    assert steps == {False: 8, True: 8}
 
 
 def test_row_split_linear_is_the_linear_row_by_row():

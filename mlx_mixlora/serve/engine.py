@@ -16,9 +16,9 @@ answers never wait for long ones.
 The decode is pipelined as mlx-lm's generators are: step k+1 is built from
 step k's still-lazy tokens and started (`mx.async_eval`) before step k's tokens
 are read to Python, so detokenizing, stop strings and sending the text overlap
-the next forward pass. A row that finishes at step k has its step-k+1 token
-computed once in vain; it is dropped before anything else is done with it, so
-the tokens are those of the unpipelined loop (`pipeline=False`). Everything MLX runs on this one thread; the
+the next forward pass. A row that finishes at step k (EOS, a stop string) has
+its step-k+1 token computed once in vain; it is dropped before anything else is
+done with it, so the tokens are those of the unpipelined loop (`pipeline=False`). Everything MLX runs on this one thread; the
 HTTP side talks to it through `submit`, the job's `cancel`, and the events the
 job's `emit` callback receives (route, text, done, error).
 """
@@ -233,16 +233,18 @@ class Engine:
         """Hand every row its pending token; start the next forward pass for the rows left.
 
         Pipelined, the next pass is started first (from the pending tokens, still
-        lazy) and the pending tokens are read while it runs.
+        lazy) and the pending tokens are read while it runs; not when every row is
+        taking its last token (`max_tokens`): that pass would be wasted, and the
+        next request's prefill would wait behind it.
         """
-        if self.pipeline:
-            pending, self._next = self._next, self._forward(self._next)
-        else:
-            pending = self._next
+        started = self.pipeline and any(r.n + 1 < r.job.max_tokens for r in self._rows)
+        pending = self._next
+        if started:
+            self._next = self._forward(pending)
         for r, tok in zip(self._rows, pending.tolist(), strict=True):
             self._advance(r, tok)
         self._drop(lambda r: r.done)
-        if not self.pipeline and self._rows:
+        if not started and self._rows:
             self._next = self._forward(self._next)
 
     def _forward(self, tokens: mx.array) -> mx.array:
