@@ -23,6 +23,10 @@ always adapter a0. Per scenario: aggregate generated tokens/s over the scenario'
 wall time (tokens as the servers' `usage` reports them), and p50 / p95 time to first token (client side, request sent → first
 text chunk).
 
+With `--rounds R` every scenario runs R times (round after round, so a change in a
+shared machine's load hits every scenario alike) and `load` keeps, per scenario, the
+round with the median tokens/s; `load_rounds` has them all.
+
 Soak (`--soak S`): our server alone, 8 clients for S seconds of mixed load; 5% of
 requests malformed (bad JSON, unknown model, bad field) and 10% of streams dropped
 by the client after the first chunk. Recorded: server crashes (process exit, 5xx
@@ -305,18 +309,33 @@ def load_table(a, model: Path, ours: list[Path], theirs: list[Path]) -> list[dic
                 warm.update(model="default_model", adapters=str(theirs[0]))
             stream_request(port, {**warm, "temperature": 0.0, "stream": True})
         rows = []
-        for n in a.clients:
-            for load in ("mixed", "single"):
-                for server, loads in scenarios.items():
-                    r = run_load(
-                        ports[server], n, a.requests, loads[load], a.scenario_timeout, f"{n}/{load}"
-                    )
-                    rows.append({"server": server, "load": load, **r})
-                    print(json.dumps(rows[-1]), flush=True)
+        for k in range(a.rounds):
+            for n in a.clients:
+                for load in ("mixed", "single"):
+                    for server, loads in scenarios.items():
+                        seed = f"{k}/{n}/{load}"
+                        r = run_load(
+                            ports[server], n, a.requests, loads[load], a.scenario_timeout, seed
+                        )
+                        rows.append({"round": k, "server": server, "load": load, **r})
+                        print(json.dumps(rows[-1]), flush=True)
     finally:
         for proc in procs:
             stop(proc)
     return rows
+
+
+def median_rounds(rows: list[dict]) -> list[dict]:
+    """Per scenario, the round with the median tokens/s (all rounds' figures beside it)."""
+    out = []
+    for key in dict.fromkeys((r["server"], r["load"], r["clients"]) for r in rows):
+        runs = sorted(
+            (r for r in rows if (r["server"], r["load"], r["clients"]) == key),
+            key=lambda r: r["tokens_per_s"],
+        )
+        mid = {k: v for k, v in runs[(len(runs) - 1) // 2].items() if k != "round"}
+        out.append({**mid, "tokens_per_s_rounds": [r["tokens_per_s"] for r in runs]})
+    return out
 
 
 # --- soak ---------------------------------------------------------------------------
@@ -421,6 +440,12 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--requests", type=int, default=3, help="Requests per client per scenario.")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="Run every scenario this many times, interleaved; `load` keeps each one's median.",
+    )
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--scenario-timeout", type=float, default=120.0)
     p.add_argument("--soak", type=float, default=0.0, help="Soak seconds (0: no soak).")
@@ -433,6 +458,8 @@ def main() -> None:
     if a.quick:
         a.clients, a.requests, a.max_tokens = [1, 2], 2, 4
         a.soak = min(a.soak, 5.0)
+    if a.rounds < 1:
+        raise SystemExit("--rounds must be >= 1")
     if a.soak > 600:
         raise SystemExit("--soak is bounded to 600 s")
     with tempfile.TemporaryDirectory(prefix="mixlora-serve-bench-") as tmp:
@@ -444,12 +471,14 @@ def main() -> None:
             "prompt_tokens": 32,
             "max_tokens": a.max_tokens,
             "requests_per_client": a.requests,
+            "rounds": a.rounds,
             "scenario_timeout_s": a.scenario_timeout,
             "warmup": "one 4-token request per server before the scenarios, untimed",
             "split_rows": "server default" if a.split_rows is None else a.split_rows,
             "quick": a.quick,
         }
-        rec["load"] = load_table(a, model, ours, theirs)
+        rec["load_rounds"] = load_table(a, model, ours, theirs)
+        rec["load"] = median_rounds(rec["load_rounds"])
         if a.soak:
             rec["soak"] = soak(a, model, ours)
         rec["load_average_after"] = load_average()
