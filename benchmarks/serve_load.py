@@ -8,6 +8,13 @@ and the scenarios alternate between them. mlx-lm's
 server gets the same OpenBLAS preload and GEMV shim as ours (it is started through
 `import mlx_mixlora`), and the adapters in mlx-lm's format (the same factors).
 
+Before the scenarios each server answers one short untimed request (first-use
+costs: buffer allocation, mlx-lm's first adapter load).
+
+Both servers get the same prompts in a scenario, and no prompt repeats across
+scenarios (mlx-lm's prompt cache would otherwise serve a later scenario's
+prefills from an earlier one's).
+
 Load: N concurrent clients (`--clients`, default 1 4 16), each sending streaming
 completion requests one after another (`--requests` per client; a scenario also
 stops after `--scenario-timeout` s): a 32-token random prompt, `max_tokens` 32,
@@ -16,13 +23,18 @@ always adapter a0. Per scenario: aggregate generated tokens/s over the scenario'
 wall time (tokens as the servers' `usage` reports them), and p50 / p95 time to first token (client side, request sent → first
 text chunk).
 
+With `--rounds R` every scenario runs R times (round after round, so a change in a
+shared machine's load hits every scenario alike) and `load` keeps, per scenario, the
+round with the median tokens/s; `load_rounds` has them all.
+
 Soak (`--soak S`): our server alone, 8 clients for S seconds of mixed load; 5% of
 requests malformed (bad JSON, unknown model, bad field) and 10% of streams dropped
 by the client after the first chunk. Recorded: server crashes (process exit, 5xx
 answers), rows left in the batch after the load (/health `active_rows`, `queued`),
 and the server's resident memory sampled over the run.
 
-    python benchmarks/serve_load.py --out benchmarks/results/serve_load.json [--soak 90] [--quick]
+    python benchmarks/serve_load.py --out benchmarks/results/serve_load.json [--soak 120] [--quick]
+    # while iterating: --clients 1 4 --requests 2 (fewer scenarios), --split-rows 0 (A/B)
 """
 
 from __future__ import annotations
@@ -130,11 +142,14 @@ def stop(proc: subprocess.Popen) -> int | None:
     return proc.returncode
 
 
-def ours_cmd(model: Path, adapters: list[Path], port: int, max_batch: int) -> list[str]:
+def ours_cmd(
+    model: Path, adapters: list[Path], port: int, max_batch: int, split_rows: int | None = None
+) -> list[str]:
+    split = [] if split_rows is None else ["--split-rows", str(split_rows)]
     return [
         sys.executable, "-m", "mlx_mixlora.cli", "serve", "--model", str(model),
         "--adapters", *map(str, adapters), "--port", str(port),
-        "--max-batch", str(max_batch), "--max-queue", "64",
+        "--max-batch", str(max_batch), "--max-queue", "64", *split,
     ]  # fmt: skip
 
 
@@ -210,13 +225,15 @@ def prompt(rng: random.Random, n: int = 32) -> str:
     return " ".join(f"w{rng.randrange(N_WORDS - 3)}" for _ in range(n))
 
 
-def run_load(port: int, clients: int, requests: int, body_for, timeout: float) -> dict:
+def run_load(
+    port: int, clients: int, requests: int, body_for, timeout: float, seed: str = ""
+) -> dict:
     results: list[dict] = []
     lock = threading.Lock()
     end = time.monotonic() + timeout
 
     def client(i: int) -> None:
-        rng = random.Random(i)
+        rng = random.Random(f"{seed}/{i}")
         for j in range(requests):
             if time.monotonic() > end:
                 return
@@ -277,7 +294,8 @@ def load_table(a, model: Path, ours: list[Path], theirs: list[Path]) -> list[dic
     procs, ports = [], {}
     try:
         proc, ports["mixlora serve"] = start(
-            ours_cmd(model, ours, 0, max(a.clients)), r"at http://127\.0\.0\.1:(\d+)/v1"
+            ours_cmd(model, ours, 0, max(a.clients), a.split_rows),
+            r"at http://127\.0\.0\.1:(\d+)/v1",
         )
         procs.append(proc)
         if not a.no_mlx_lm:
@@ -285,17 +303,39 @@ def load_table(a, model: Path, ours: list[Path], theirs: list[Path]) -> list[dic
             procs.append(subprocess.Popen(mlx_lm_cmd(model, port), stderr=subprocess.DEVNULL))
             wait_http(port)
             ports["mlx_lm.server (per-request adapters)"] = port
+        for port in ports.values():  # first-use costs (allocation, adapter load) are not load
+            warm = {"model": names[0], "prompt": prompt(random.Random(-1)), "max_tokens": 4}
+            if port != ports["mixlora serve"]:
+                warm.update(model="default_model", adapters=str(theirs[0]))
+            stream_request(port, {**warm, "temperature": 0.0, "stream": True})
         rows = []
-        for n in a.clients:
-            for load in ("mixed", "single"):
-                for server, loads in scenarios.items():
-                    r = run_load(ports[server], n, a.requests, loads[load], a.scenario_timeout)
-                    rows.append({"server": server, "load": load, **r})
-                    print(json.dumps(rows[-1]), flush=True)
+        for k in range(a.rounds):
+            for n in a.clients:
+                for load in ("mixed", "single"):
+                    for server, loads in scenarios.items():
+                        seed = f"{k}/{n}/{load}"
+                        r = run_load(
+                            ports[server], n, a.requests, loads[load], a.scenario_timeout, seed
+                        )
+                        rows.append({"round": k, "server": server, "load": load, **r})
+                        print(json.dumps(rows[-1]), flush=True)
     finally:
         for proc in procs:
             stop(proc)
     return rows
+
+
+def median_rounds(rows: list[dict]) -> list[dict]:
+    """Per scenario, the round with the median tokens/s (all rounds' figures beside it)."""
+    out = []
+    for key in dict.fromkeys((r["server"], r["load"], r["clients"]) for r in rows):
+        runs = sorted(
+            (r for r in rows if (r["server"], r["load"], r["clients"]) == key),
+            key=lambda r: r["tokens_per_s"],
+        )
+        mid = {k: v for k, v in runs[(len(runs) - 1) // 2].items() if k != "round"}
+        out.append({**mid, "tokens_per_s_rounds": [r["tokens_per_s"] for r in runs]})
+    return out
 
 
 # --- soak ---------------------------------------------------------------------------
@@ -318,7 +358,9 @@ def raw_post(port: int, body: bytes) -> int:
 
 def soak(a, model: Path, ours: list[Path]) -> dict:
     names = [p.name for p in ours]
-    proc, port = start(ours_cmd(model, ours, 0, 8), r"at http://127\.0\.0\.1:(\d+)/v1")
+    proc, port = start(
+        ours_cmd(model, ours, 0, 8, a.split_rows), r"at http://127\.0\.0\.1:(\d+)/v1"
+    )
     counts = {"ok": 0, "malformed_400": 0, "dropped": 0, "5xx": 0, "other": 0}
     lock = threading.Lock()
     memory: list[dict] = []
@@ -398,15 +440,26 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--requests", type=int, default=3, help="Requests per client per scenario.")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="Run every scenario this many times, interleaved; `load` keeps each one's median.",
+    )
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--scenario-timeout", type=float, default=120.0)
     p.add_argument("--soak", type=float, default=0.0, help="Soak seconds (0: no soak).")
     p.add_argument("--no-mlx-lm", action="store_true")
+    p.add_argument(
+        "--split-rows", type=int, default=None, help="Pass --split-rows N to mixlora serve."
+    )
     p.add_argument("--quick", action="store_true", help="Smoke test: tiny sizes, not a result.")
     a = p.parse_args()
     if a.quick:
         a.clients, a.requests, a.max_tokens = [1, 2], 2, 4
         a.soak = min(a.soak, 5.0)
+    if a.rounds < 1:
+        raise SystemExit("--rounds must be >= 1")
     if a.soak > 600:
         raise SystemExit("--soak is bounded to 600 s")
     with tempfile.TemporaryDirectory(prefix="mixlora-serve-bench-") as tmp:
@@ -418,10 +471,14 @@ def main() -> None:
             "prompt_tokens": 32,
             "max_tokens": a.max_tokens,
             "requests_per_client": a.requests,
+            "rounds": a.rounds,
             "scenario_timeout_s": a.scenario_timeout,
+            "warmup": "one 4-token request per server before the scenarios, untimed",
+            "split_rows": "server default" if a.split_rows is None else a.split_rows,
             "quick": a.quick,
         }
-        rec["load"] = load_table(a, model, ours, theirs)
+        rec["load_rounds"] = load_table(a, model, ours, theirs)
+        rec["load"] = median_rounds(rec["load_rounds"])
         if a.soak:
             rec["soak"] = soak(a, model, ours)
         rec["load_average_after"] = load_average()

@@ -40,7 +40,7 @@ def _reference(model, ads, toks, idx):
     return rows
 
 
-@pytest.mark.parametrize("backend", ["grouped", "gather"])
+@pytest.mark.parametrize("backend", ["grouped", "gather", "masked"])
 def test_mixed_batch_matches_per_row_reference(tmp_path, backend):
     model = tiny_model(layers=2)
     ads = _adapters(tmp_path, model)
@@ -62,6 +62,16 @@ def test_mixed_batch_matches_per_row_reference(tmp_path, backend):
         np.testing.assert_allclose(same[b, : lens[b]], ref_same[b], atol=1e-5)
     after = params(model)
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("backend", ["grouped", "gather", "masked"])
+def test_a_batch_all_on_the_base_is_the_bare_model_exactly(tmp_path, backend):
+    model = tiny_model(layers=2)
+    ads = _adapters(tmp_path, model)
+    toks = [[5, 6, 7, 8], [9, 10, 11, 12]]
+    bare = np.array(model(mx.array(toks)))
+    attach_mixed(model, ads, backend=backend)
+    assert np.array_equal(np.array(mixed_forward(model, toks, [-1, -1])), bare)
 
 
 def test_rows_differ_by_adapter(tmp_path):
@@ -112,3 +122,12 @@ def test_mixed_generate_matches_per_row_greedy_generation(tmp_path):
     got = mixed_generate(model, toks, idx, max_tokens=6)
     assert got == want
     assert len({tuple(g) for g in got}) > 1
+
+
+def test_the_cpu_default_masks_few_adapters_and_groups_many():
+    from mlx_mixlora.route.mixed import MASKED_MAX_COLUMNS, default_backend
+
+    if mx.default_device() != mx.cpu:
+        pytest.skip("the CPU's choice")
+    assert default_backend(4 * 8) == "masked"
+    assert default_backend(MASKED_MAX_COLUMNS + 1) == "grouped"

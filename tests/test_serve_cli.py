@@ -72,6 +72,10 @@ def test_serve_refuses_bad_arguments_with_one_line():
     )
     assert r.exit_code == 1 and "--port must be in 0..65535" in r.output
     r = CliRunner().invoke(
+        main, ["serve", "--model", str(model_dir), "--adapters", ads[0], "--split-rows", "-1"]
+    )
+    assert r.exit_code == 1 and r.output == "error: --split-rows must be >= 0, got -1\n"
+    r = CliRunner().invoke(
         main, ["serve", "--model", str(model_dir), "--adapters", ads[0], "--gate", str(model_dir)]
     )
     assert r.exit_code == 1 and r.output.startswith("error: ")

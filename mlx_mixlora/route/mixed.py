@@ -6,11 +6,20 @@ adapter at index n for rows routed to the base). `set_routes(model, idx)` sets t
 per-row adapter index once per batch. The update y += s·(x·Aᵀ)·Bᵀ is computed:
 
 - ``gather`` (Metal/CUDA default): `mx.gather_mm` with the row indices;
-- ``grouped`` (CPU default, where gather_mm loops one small GEMM per row): rows
-  are permuted so each adapter's rows are contiguous (one gather), each group
-  does one GEMM pair, and one inverse permutation scatters the results back.
+- ``grouped`` (CPU, many adapters; gather_mm loops one small GEMM per row there):
+  rows are permuted so each adapter's rows are contiguous (one gather), each
+  group does one GEMM pair, and one inverse permutation scatters the results back;
+- ``masked`` (CPU default while n·r <= 256): every adapter's A side by side as one
+  [in, n·r] matrix, each row's product masked to its own adapter's r columns,
+  then one GEMM with the stacked Bs: two GEMMs and a multiply per layer whatever
+  the mix (a q_proj, base plus rank-8 update, 4 adapters, 4 mixed rows: 3.7-4.3 ms
+  against 4.6-5.7 ms grouped, 2-core CPU under load); the other adapters' columns
+  are multiplied by exact zeros.
 
-Both are exact (same math as one adapter per row); the base GEMM is shared.
+All are exact up to rounding (the same math as one adapter per row); the base GEMM
+is shared.
+A batch whose rows all use one adapter (the common case at low load) takes
+none of these: it is one plain LoRA update, and a batch all on the base adds nothing.
 """
 
 from __future__ import annotations
@@ -26,9 +35,14 @@ from ..adapter_format import Adapter
 from ..errors import MixloraError
 from ..modules import linear_at, set_module
 
+MASKED_MAX_COLUMNS = 256  # n adapters x rank up to which `masked` beats `grouped` on the CPU
 
-def default_backend() -> str:
-    return "grouped" if mx.default_device() == mx.cpu else "gather"
+
+def default_backend(columns: int = 0) -> str:
+    """`gather` off the CPU; on it `masked` for a few adapters, else `grouped`."""
+    if mx.default_device() != mx.cpu:
+        return "gather"
+    return "masked" if columns <= MASKED_MAX_COLUMNS else "grouped"
 
 
 class _Routes:
@@ -64,6 +78,11 @@ class MixedLoRALinear(nn.Module):
         self.base = base
         self.a_t = a.transpose(0, 2, 1)  # [n+1, in, r]
         self.b_t = b.transpose(0, 2, 1)  # [n+1, r, out]
+        n, r = a.shape[0] - 1, a.shape[1]
+        self.a_cat = mx.contiguous(
+            a[:n].reshape(n * r, -1).T
+        )  # [in, n·r]: every adapter side by side
+        self.b_cat = mx.contiguous(self.b_t[:n].reshape(n * r, -1))  # [n·r, out]
         self.backend = backend
         self.routes: _Routes | None = None
         self.freeze()
@@ -77,9 +96,21 @@ class MixedLoRALinear(nn.Module):
             raise MixloraError(
                 f"batch has {x.shape[0]} rows but {r.indices.shape[0]} routes were set"
             )
-        backend = default_backend() if self.backend == "auto" else self.backend
+        if len(r.groups) == 1:  # every row on one adapter: no gather, no permutation
+            a = r.groups[0][0]
+            if a == r.n_base:
+                return y
+            z = (x.astype(self.a_t.dtype) @ self.a_t[a]) @ self.b_t[a]
+            return y + z.astype(y.dtype)
+        backend = default_backend(self.a_cat.shape[-1]) if self.backend == "auto" else self.backend
         xf = x.astype(self.a_t.dtype)
-        if backend == "gather":
+        if backend == "masked":
+            r_max = self.a_t.shape[-1]
+            block = mx.arange(self.a_cat.shape[-1]) // r_max  # which adapter each column is
+            mask = (block[None, :] == r.indices[:, None]).astype(xf.dtype)  # base rows: all 0
+            mask = mask.reshape(mask.shape[0], *([1] * (x.ndim - 2)), mask.shape[1])
+            z = ((xf @ self.a_cat) * mask) @ self.b_cat
+        elif backend == "gather":
             z = mx.gather_mm(xf, self.a_t, rhs_indices=r.indices)
             z = mx.gather_mm(z, self.b_t, rhs_indices=r.indices)
         else:
@@ -98,8 +129,10 @@ class MixedLoRALinear(nn.Module):
 
 def attach_mixed(model: Any, adapters: list[Adapter], backend: str = "auto") -> list[str]:
     """Replace every module any adapter adapts by a MixedLoRALinear; returns the paths."""
-    if backend not in ("auto", "gather", "grouped"):
-        raise MixloraError(f"unknown mixed-batch backend {backend!r}; use auto, gather or grouped")
+    if backend not in ("auto", "gather", "grouped", "masked"):
+        raise MixloraError(
+            f"unknown mixed-batch backend {backend!r}; use auto, gather, grouped or masked"
+        )
     paths = sorted({p for a in adapters for p in a.module_paths()})
     bases = {p: linear_at(model, p) for p in paths}
     n = len(adapters)

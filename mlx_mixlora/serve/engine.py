@@ -11,7 +11,14 @@ Requests wait in a bounded queue. Each turn of the loop
    with its own parameters, and removes the rows that finished.
 
 A finished row leaves at once and a new one joins at the next turn, so short
-answers never wait for long ones. Everything MLX runs on this one thread; the
+answers never wait for long ones.
+
+The decode is pipelined as mlx-lm's generators are: step k+1 is built from
+step k's still-lazy tokens and started (`mx.async_eval`) before step k's tokens
+are read to Python, so detokenizing, stop strings and sending the text overlap
+the next forward pass. A row that finishes at step k (EOS, a stop string) has
+its step-k+1 token computed once in vain; it is dropped before anything else is
+done with it, so the tokens are those of the unpipelined loop (`pipeline=False`). Everything MLX runs on this one thread; the
 HTTP side talks to it through `submit`, the job's `cancel`, and the events the
 job's `emit` callback receives (route, text, done, error).
 """
@@ -34,7 +41,8 @@ from ..route.decision import decide
 from ..route.embed import run_lower, run_upper
 from ..route.mixed import attach_mixed, set_routes
 from .protocol import ApiError
-from .sampling import RowSampler, sample_rows
+from .rowsplit import attach_row_split, default_max_rows
+from .sampling import RowSampler, sample_tokens
 from .text import TextStream
 
 AUTO = -2  # Job.adapter before the gate has routed it
@@ -79,6 +87,8 @@ class Engine:
         threshold: float = 0.5,
         max_batch: int = 8,
         max_queue: int = 32,
+        pipeline: bool = True,
+        split_rows: int | None = None,
     ):
         if max_batch < 1 or max_queue < 0:
             raise MixloraError("--max-batch must be >= 1 and --max-queue >= 0")
@@ -90,6 +100,9 @@ class Engine:
         self._pending: deque[Job] = deque()
         self._rows: list[_Row] = []
         self._cache: list[BatchKVCache] | None = None
+        self._next: mx.array | None = None  # the rows' next tokens [R], lazy until read
+        self._routes: tuple[int, ...] | None = None  # what set_routes last set
+        self.pipeline = pipeline
         self._cv = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -98,6 +111,8 @@ class Engine:
         self.peak_rows = 0  # most rows ever decoded together (shows batching happened)
         self.cancelled = 0  # rows dropped because their client went away
         attach_mixed(model, adapters)
+        self.split_rows = default_max_rows() if split_rows is None else split_rows
+        attach_row_split(model, self.split_rows)
         # MLX streams belong to threads: arrays still lazy here would fail on the model thread
         mx.eval(model.parameters(), _router_arrays(router))
 
@@ -148,28 +163,35 @@ class Engine:
                     self._cv.wait()
                 if self._stopping and not self._pending and not self._rows:
                     return
-                free = self.max_batch - len(self._rows)
-                new = []
-                while self._pending and len(new) < free:
-                    job = self._pending.popleft()
-                    if not job.cancelled:
-                        new.append(job)
-            try:
-                self._drop_cancelled()
-                if new:
-                    self._admit(new)
-                if self._rows:
-                    self._step()
-            except Exception as e:  # a bug or an MLX failure must not take the server down
-                for job in new + [r.job for r in self._rows]:
-                    _send(job, {"type": "error", "message": f"generation failed: {e}"})
-                self._rows, self._cache = [], None
+            self.turn()
+
+    def turn(self) -> None:
+        """One turn of the loop: drop gone rows, admit waiting jobs, one decode step.
+
+        Runs on the engine's thread; a test without `start()` may call it itself.
+        """
+        with self._cv:
+            free = self.max_batch - len(self._rows)
+            new = []
+            while self._pending and len(new) < free:
+                job = self._pending.popleft()
+                if not job.cancelled:
+                    new.append(job)
+        try:
+            self._drop_cancelled()
+            if new:
+                self._admit(new)
+            if self._rows:
+                self._step()
+        except Exception as e:  # a bug or an MLX failure must not take the server down
+            for job in new + [r.job for r in self._rows]:
+                _send(job, {"type": "error", "message": f"generation failed: {e}"})
+            self._rows, self._cache, self._next = [], None, None
 
     def _admit(self, jobs: list[Job]) -> None:
+        """Prefill the new jobs together and append their rows; their first tokens stay lazy."""
         self._route([j for j in jobs if j.adapter == AUTO])
-        rows = []
         for j in jobs:
-            rows.append(_Row(j, TextStream(self.tokenizer, j.stops)))
             if j.route_info is None:
                 j.route_info = {"adapter": "base" if j.adapter < 0 else self.names[j.adapter]}
                 _send(j, {"type": "route", **j.route_info})
@@ -177,25 +199,24 @@ class Engine:
         pad = [t - len(j.tokens) for j in jobs]
         batch = mx.array([[0] * p + j.tokens for p, j in zip(pad, jobs, strict=True)])
         cache = [BatchKVCache(pad) for _ in self.model.layers]
-        set_routes(self.model, [j.adapter for j in jobs])
+        self._set_routes([j.adapter for j in jobs])
         logits = last_logits(self.model, batch, cache)
-        tokens = sample_rows(logits, [j.sampler for j in jobs])
+        first = sample_tokens(logits, [j.sampler for j in jobs])
         if self._cache is None:
-            self._cache = cache
+            self._cache, self._next = cache, first
         else:
             for c, o in zip(self._cache, cache, strict=True):
                 c.extend(o)
-        self._rows += rows
+            self._next = mx.concatenate([self._next, first])
+        self._rows += [_Row(j, TextStream(self.tokenizer, j.stops)) for j in jobs]
         self.peak_rows = max(self.peak_rows, len(self._rows))
-        for r, tok in zip(rows, tokens, strict=True):
-            self._advance(r, tok)
-        self._drop(lambda r: r.done)
+        mx.async_eval(self._next)
 
     def _route(self, jobs: list[Job]) -> None:
         """Pick each `auto` job's adapter with the gate (on the base: routes set to -1)."""
         for s in range(0, len(jobs), 16):  # prompt_features batches 16 prompts per pass
             chunk = jobs[s : s + 16]
-            set_routes(self.model, [-1] * len(chunk))
+            self._set_routes([-1] * len(chunk))
             probs = self.router.probs(self.model, [j.tokens for j in chunk])
             mode = "threshold" if self.router_mode == "threshold" else "top1"
             for j, d in zip(chunk, decide(probs, mode, threshold=self.threshold), strict=True):
@@ -209,14 +230,37 @@ class Engine:
                 _send(j, {"type": "route", **j.route_info})
 
     def _step(self) -> None:
-        y = mx.array([[r.next_token] for r in self._rows])
-        set_routes(self.model, [r.job.adapter for r in self._rows])
-        logits = self.model(y, cache=self._cache)[:, -1, :]
-        tokens = sample_rows(logits, [r.job.sampler for r in self._rows])
-        self.steps += 1
-        for r, tok in zip(self._rows, tokens, strict=True):
+        """Hand every row its pending token; start the next forward pass for the rows left.
+
+        Pipelined, the next pass is started first (from the pending tokens, still
+        lazy) and the pending tokens are read while it runs; not when every row is
+        taking its last token (`max_tokens`): that pass would be wasted, and the
+        next request's prefill would wait behind it.
+        """
+        started = self.pipeline and any(r.n + 1 < r.job.max_tokens for r in self._rows)
+        pending = self._next
+        if started:
+            self._next = self._forward(pending)
+        for r, tok in zip(self._rows, pending.tolist(), strict=True):
             self._advance(r, tok)
         self._drop(lambda r: r.done)
+        if not started and self._rows:
+            self._next = self._forward(self._next)
+
+    def _forward(self, tokens: mx.array) -> mx.array:
+        """One decode step for every row from `tokens` [R]; the sampled tokens, started."""
+        self._set_routes([r.job.adapter for r in self._rows])
+        logits = self.model(tokens[:, None], cache=self._cache)[:, -1, :]
+        out = sample_tokens(logits, [r.job.sampler for r in self._rows])
+        mx.async_eval(out)
+        self.steps += 1
+        return out
+
+    def _set_routes(self, adapters: list[int]) -> None:
+        key = tuple(adapters)
+        if key != self._routes:
+            set_routes(self.model, adapters)
+            self._routes = key
 
     def _advance(self, r: _Row, tok: int) -> None:
         if r.job.cancelled:
@@ -257,11 +301,12 @@ class Engine:
         with self._cv:
             self._rows = [self._rows[i] for i in keep]
         if not keep:
-            self._cache = None
+            self._cache, self._next = None, None
             return
         idx = mx.array(keep)
         for c in self._cache:
             c.filter(idx)
+        self._next = self._next[idx]
 
 
 def last_logits(model: Any, tokens: mx.array, cache: list) -> mx.array:

@@ -21,6 +21,7 @@ def load_service(
     context: int | None = None,
     default_max_tokens: int = 256,
     api_key: str | None = None,
+    split_rows: int | None = None,
 ) -> Service:
     """Load everything (errors are `MixloraError`s) and attach the mixed-adapter layers."""
     s = load_setup(model_dir, adapter_dirs)
@@ -46,5 +47,6 @@ def load_service(
         threshold=threshold,
         max_batch=max_batch,
         max_queue=max_queue,
+        split_rows=split_rows,
     )
     return Service(engine, base_name, limit, default_max_tokens, api_key)

@@ -37,8 +37,8 @@ class RowSampler:
         return mx.random.categorical(logprobs * (1.0 / self.temperature), key=sub)
 
 
-def sample_rows(logits: mx.array, samplers: list[RowSampler]) -> list[int]:
-    """Token ids for logits [B, V], row b drawn by samplers[b].
+def sample_tokens(logits: mx.array, samplers: list[RowSampler]) -> mx.array:
+    """Token ids [B] (lazy) for logits [B, V], row b drawn by samplers[b].
 
     Greedy rows need no softmax (the argmax of the logits is the argmax of the
     log-probs), and MLX's CPU exp is slow, so log-probs are made only for the
@@ -53,4 +53,9 @@ def sample_rows(logits: mx.array, samplers: list[RowSampler]) -> list[int]:
     if drawn:
         rows = mx.array([b for b, _ in drawn])
         tokens[rows] = mx.stack([t for _, t in drawn]).astype(tokens.dtype)
-    return tokens.tolist()
+    return tokens
+
+
+def sample_rows(logits: mx.array, samplers: list[RowSampler]) -> list[int]:
+    """`sample_tokens`, read to Python."""
+    return sample_tokens(logits, samplers).tolist()
