@@ -167,7 +167,7 @@ def test_demo_cli_prints_the_table(tiny_base, tmp_path):
 NANO_TRAIN = {
     "rank": 8,
     "alpha": 16,
-    "targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "iters": 480,
     "batch_size": 32,
     "lr": 1.0e-3,

@@ -11,7 +11,7 @@ import pytest
 from mlx_mixlora.errors import MixloraError
 from mlx_mixlora.tasks import BUILTIN_TASKS, load_examples, task_from_dict
 from mlx_mixlora.tasks import natural as N
-from mlx_mixlora.tasks.phrasing import TEMPLATE_SHARE, row_phrasings
+from mlx_mixlora.tasks.phrasing import TEMPLATE_SHARE, TYPED_SHARE, row_phrasings, typed
 
 
 def _pattern(text: str) -> re.Pattern:
@@ -81,6 +81,56 @@ def test_load_examples_keeps_rows_and_answers_across_styles():
     for x, y in zip(a, b, strict=True):  # the same review, asked another way
         review = x["prompt"].split("Review: ", 1)[1].split("\n", 1)[0]
         assert review in y["prompt"] and x["prompt"] != y["prompt"]
+
+
+def _bare(prompt: str) -> str:
+    """A prompt with what typing may change taken out: case, full stops, end punctuation."""
+    return re.sub(r"\.(?=[ \t]*(\n|$))", "", prompt.lower()).rstrip().rstrip(".?:!").rstrip()
+
+
+@pytest.mark.parametrize("task", BUILTIN_TASKS, ids=lambda t: t.name)
+def test_varied_prompts_are_partly_typed_and_keep_their_answers(task):
+    rows = load_examples(task, "synthetic", "train", n=800, prompts="template")
+    varied = load_examples(task, "synthetic", "train", n=800, prompts="varied")
+    assert varied == load_examples(task, "synthetic", "train", n=800, prompts="varied")
+    phrasings = row_phrasings(task, 800, "varied", seed=0)
+    tidy = [task.example(r, p)["prompt"] for r, p in zip(_rows(task, 800), phrasings, strict=True)]
+    assert [e["completion"] for e in varied] == [e["completion"] for e in rows]
+    n_typed = 0
+    for e, clean, p in zip(varied, tidy, phrasings, strict=True):
+        if p is None:  # template rows stay exactly the template
+            assert e["prompt"] == clean
+            continue
+        assert _bare(e["prompt"]) == _bare(clean)  # only case and punctuation changed
+        n_typed += e["prompt"] != clean
+    n_phrased = sum(p is not None for p in phrasings)
+    # each typed row changes with probability 1 - 1/8 (three independent halves)
+    assert abs(n_typed / n_phrased - TYPED_SHARE * 7 / 8) < 0.06
+    # evaluation prompts are never typed
+    held = load_examples(task, "synthetic", "test", n=50, prompts="heldout")
+    wordings = row_phrasings(task, 50, "heldout")
+    rows_t = _rows(task, 50, split="test")
+    assert [e["prompt"] for e in held] == [
+        task.example(r, p)["prompt"] for r, p in zip(rows_t, wordings, strict=True)
+    ]
+
+
+def _rows(task, n, split="train"):
+    from mlx_mixlora.tasks.sources import load_rows
+
+    return load_rows(task, "synthetic", split, n=n, seed=0)
+
+
+def test_typed_changes_only_case_and_punctuation():
+    import random
+
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(200):
+        out = typed("The cup is red. Is the Cup pink? Answer yes or no.\nAnswer:", rng)
+        assert _bare(out) == "the cup is red. is the cup pink? answer yes or no\nanswer"
+        seen.add(out)
+    assert len(seen) == 8  # lower case x full stops x end punctuation, all reached
 
 
 def _spec(**extra):

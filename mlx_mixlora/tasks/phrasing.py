@@ -8,7 +8,9 @@ phrasings that no training code uses. Styles:
 
 - ``template``: the bare template for every row (how results were measured before);
 - ``varied``: the template for `TEMPLATE_SHARE` of the rows, a train phrasing for
-  the rest (what adapters and gates train on);
+  the rest (what adapters and gates train on); `TYPED_SHARE` of the phrased rows are
+  also written the way people type (`typed`): lower case, no full stop at the end
+  of a line, no punctuation at the end;
 - ``heldout``: a held-out phrasing for every row (generalisation to new wordings).
 
 The phrasing of each row is drawn from a seeded RNG, so a style, a seed and the
@@ -18,6 +20,7 @@ rows fix the prompts exactly.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 
 from ..errors import MixloraError
@@ -31,6 +34,11 @@ TRAIN_STYLES = (
 # Share of `varied` prompts that keep the template: the template is still the most
 # common way a prompt arrives from our own tools, so it stays well represented.
 TEMPLATE_SHARE = 0.25
+# Share of the phrased `varied` rows also written as people type. A request that ends
+# without punctuation ends the way the base's plain documents do, and adapters trained
+# on tidy prompts answered it with end-of-sequence.
+TYPED_SHARE = 0.5
+_LINE_END_STOP = re.compile(r"\.(?=[ \t]*(?:\n|$))")
 
 
 def check_style(style: str, task: Task | None = None) -> str:
@@ -66,11 +74,32 @@ def row_phrasings(task: Task, n: int, style: str, seed: int = 0) -> list[str | N
     return [None if rng.random() < TEMPLATE_SHARE else rng.choice(task.phrasings) for _ in range(n)]
 
 
+def typed(prompt: str, rng: random.Random) -> str:
+    """`prompt` as someone might type it; each change drawn on its own, p = 1/2.
+
+    Lower case; the full stop that ends a line dropped (inside a passage sentences
+    keep theirs: without them a yes/no passage stopped being learnable in the
+    recipe's steps); the final punctuation (".?:!") dropped.
+    """
+    if rng.random() < 0.5:
+        prompt = prompt.lower()
+    if rng.random() < 0.5:
+        prompt = _LINE_END_STOP.sub("", prompt)
+    if rng.random() < 0.5:
+        prompt = prompt.rstrip().rstrip(".?:!").rstrip()
+    return prompt
+
+
 def phrased_examples(
     task: Task, rows: Sequence[dict], style: str = "template", seed: int = 0
 ) -> list[dict[str, str]]:
     """`{"prompt", "completion"}` pairs of `rows` with prompts in `style`."""
-    return [
-        task.example(row, p)
-        for row, p in zip(rows, row_phrasings(task, len(rows), style, seed), strict=True)
-    ]
+    phrasings = row_phrasings(task, len(rows), style, seed)
+    rng = random.Random(f"typed:{task.name}:{seed}")
+    out = []
+    for row, p in zip(rows, phrasings, strict=True):
+        example = task.example(row, p)
+        if style == "varied" and p is not None and rng.random() < TYPED_SHARE:
+            example["prompt"] = typed(example["prompt"], rng)
+        out.append(example)
+    return out
