@@ -3,7 +3,7 @@
 Most documents are plain texts (snippets, passages, questions, articles,
 reviews). For the label tasks a share are the prompt (in the template or a
 train phrasing) followed by a *random* label, drawn uniformly and independent of the content. The base so learns the
-answer format and the label words (whose output embeddings an attention-only
+answer format and the label words (whose output embeddings a low-rank
 LoRA cannot create from nothing) but not the mapping from content to label: it
 scores at chance until an adapter teaches it the task. Summaries get no such
 documents: a random headline after "Summary:" would teach the base not to copy. Another
