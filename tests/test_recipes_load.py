@@ -24,5 +24,7 @@ def test_recipe_is_a_valid_train_config(path):
     attention = {"q_proj", "k_proj", "v_proj", "o_proj"}
     mlp = {"gate_proj", "up_proj", "down_proj"}
     # nano recipes adapt the MLP too (it carries the phrasing-robust task mapping, #16)
-    assert cfg.rank == 8 and set(cfg.targets) == (attention | mlp if ".nano." in path.name else attention)
+    assert cfg.rank == 8 and set(cfg.targets) == (
+        attention | mlp if ".nano." in path.name else attention
+    )
     assert cfg.task == path.name.split(".")[0]
