@@ -156,9 +156,9 @@ def markdown(result: dict) -> str:
 
 def plot(result: dict, path: Path) -> Path:
     """Horizontal bars: ours ÷ peer per (workload, case, peer), a line at 1."""
-    from ..demo.plots import _pyplot, _save
+    from ..plotting import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     rat = result["ratios"]
     labels = [f"{x['workload']}/{x['case']} vs {LABELS[x['peer']]}" for x in rat]
     vals = [x["speedup"] for x in rat]
@@ -181,8 +181,7 @@ def plot(result: dict, path: Path) -> Path:
         f"{result['model']['source']}",
         fontsize=9,
     )
-    fig.tight_layout()
-    return _save(fig, plt, path)
+    return save_figure(fig, path)
 
 
 def publish(result: dict, out: str | Path | None) -> None:

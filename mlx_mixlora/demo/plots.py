@@ -7,21 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..io import atomic_file
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from ..plotting import pyplot, save_figure
 
 
 def plot_heatmap(results: dict, path: str | Path) -> Path:
     """Method × task matrix of primary scores; own-task adapter cells outlined."""
-    plt = _pyplot()
+    plt = pyplot()
     tasks = results["tasks"]
     methods = [m["name"] for m in results["methods"]]
     grid = [[results["scores"][m][t]["score"] for t in tasks] for m in methods]
@@ -46,13 +37,12 @@ def plot_heatmap(results: dict, path: str | Path) -> Path:
                 )
     ax.set_title("task × method (accuracy; ROUGE-L for summaries)")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    return _save(fig, plt, path)
+    return save_figure(fig, path)
 
 
 def plot_retention(results: dict, path: str | Path) -> Path:
     """Grouped bars: each merge/router's score as a share of the task's own adapter."""
-    plt = _pyplot()
+    plt = pyplot()
     ret = results["retention"]
     tasks = results["tasks"]
     names = list(ret)
@@ -67,13 +57,4 @@ def plot_retention(results: dict, path: str | Path) -> Path:
     ax.set_ylim(0, max([1.1, *(v for r in ret.values() for v in r.values())]))
     ax.legend(fontsize=8, ncols=min(len(tasks), 4), loc="upper center", bbox_to_anchor=(0.5, -0.35))
     ax.set_title("retention of each task under merging / routing")
-    fig.tight_layout()
-    return _save(fig, plt, path)
-
-
-def _save(fig, plt, path: str | Path) -> Path:
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MixloraError
-from ..io import atomic_file
+from ..plotting import pyplot, save_figure
 from .decision import decide
 from .embed import encode_prompts
 
@@ -60,7 +60,7 @@ def evaluate_routing(
 
 def plot_confusion(result: dict, names: Sequence[str], path: str | Path) -> Path:
     """Confusion matrix heat map (rows true, columns chosen; last column the base)."""
-    plt = _pyplot()
+    plt = pyplot()
     m = np.asarray(result["confusion"])
     fig, ax = plt.subplots(figsize=(1.2 * m.shape[1] + 2, 1.0 * m.shape[0] + 1.5))
     ax.imshow(m, cmap="Blues")
@@ -79,14 +79,14 @@ def plot_confusion(result: dict, names: Sequence[str], path: str | Path) -> Path
     ax.set_xlabel("routed to")
     ax.set_ylabel("true task")
     ax.set_title(f"{result['router']} routing, accuracy {result['accuracy']:.1%}")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_weights(
     result: dict, names: Sequence[str], path: str | Path, max_prompts: int = 80
 ) -> Path:
     """Stacked bars of the router's weights per prompt: seed 003's adapter contributions."""
-    plt = _pyplot()
+    plt = pyplot()
     p = np.asarray(result["probs"])
     p = p[
         np.unique(np.linspace(0, len(p) - 1, min(max_prompts, len(p))).astype(int))
@@ -101,26 +101,4 @@ def plot_weights(
     ax.set_ylim(0, 1)
     ax.legend(loc="upper right", fontsize="small")
     ax.set_title(f"{result['router']} weights per prompt")
-    return _save(fig, path)
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MixloraError("plots need matplotlib: pip install 'mlx-mixlora[plots]'") from None
-    return plt
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        fig.tight_layout()
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..route.accuracy import _pyplot, _save  # the package's one matplotlib (Agg) setup and writer
+from ..plotting import pyplot, save_figure
 from .metrics import read_metrics
 
 
@@ -15,7 +15,7 @@ def plot_runs(runs: list[str | Path], out: str | Path, labels: list[str] | None 
     """
     records = [read_metrics(r) for r in runs]
     names = labels or [Path(r).name or str(r) for r in runs]
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (name, recs) in enumerate(zip(names, records, strict=True)):
         color = f"C{i % 10}"
@@ -30,4 +30,4 @@ def plot_runs(runs: list[str | Path], out: str | Path, labels: list[str] | None 
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     ax.set_title("training loss" if len(runs) == 1 else f"training loss of {len(runs)} runs")
-    return _save(fig, out)
+    return save_figure(fig, out)
