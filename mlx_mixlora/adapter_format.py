@@ -211,9 +211,17 @@ def _expect(source: str, key: str, value: Any, ok: Any, what: str) -> None:
 
 
 def save_adapter(
-    out_dir: str | Path, config: AdapterConfig, weights: dict[str, Any], overwrite: bool = False
+    out_dir: str | Path,
+    config: AdapterConfig,
+    weights: dict[str, Any],
+    overwrite: bool = False,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Write an adapter directory atomically. `weights` maps "P.lora_a"/"P.lora_b" to arrays."""
+    """Write an adapter directory atomically. `weights` maps "P.lora_a"/"P.lora_b" to arrays.
+
+    `extra_files` (name → text, e.g. the training record) land in the same atomic
+    write, so the directory appears with them or not at all.
+    """
     import mlx.core as mx
 
     check_weights(config, {k: tuple(v.shape) for k, v in weights.items()}, source=str(out_dir))
@@ -225,6 +233,8 @@ def save_adapter(
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         mx.save_safetensors(str(tmp / WEIGHTS_FILE), arrays, metadata={"format": FORMAT})
         write_json(tmp / CONFIG_FILE, config.to_dict())
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
     return Path(out_dir)
 
 

@@ -8,7 +8,7 @@ checkpoints (`OUT.checkpoints/metrics.jsonl`), one whole line per `os.write`
 on an O_APPEND descriptor, so a kill -9 leaves whole lines; a resumed run first
 rewrites it atomically from the checkpoint's own copy of the records (steps up
 to the checkpoint), so replayed steps never appear twice. The finished adapter
-gets the full file (`OUT/metrics.jsonl`).
+gets the full file (`OUT/metrics.jsonl`), written with the adapter in one atomic step.
 """
 
 from __future__ import annotations
@@ -40,9 +40,14 @@ def _line(rec: dict) -> str:
     return json.dumps(rec, separators=(",", ":")) + "\n"
 
 
+def metrics_text(records: list[dict]) -> str:
+    """The whole record as metrics.jsonl's text; a non-finite value is refused."""
+    return "".join(_line(r) for r in records)
+
+
 def write_metrics(path: str | Path, records: list[dict]) -> Path:
     """The whole record as one file, atomically (temp file, fsync, rename)."""
-    text = "".join(_line(r) for r in records)
+    text = metrics_text(records)
     with atomic_file(path, overwrite=True) as tmp:
         Path(tmp).write_text(text)
     return Path(path)

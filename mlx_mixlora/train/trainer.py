@@ -38,7 +38,7 @@ from .batching import Batch, batches_per_epoch, epoch_rows, iterate_rows, make_b
 from .config import TrainConfig
 from .data import DataStats, Tokenized, load_examples, prepare
 from .loss import target_loss
-from .metrics import METRICS_FILE, MetricsLog, train_line, val_line, write_metrics
+from .metrics import METRICS_FILE, MetricsLog, metrics_text, train_line, val_line
 from .parallel import SplitStep, blas_threads, default_streams
 
 # options that shape the log, not the adapter: left out of the adapter's recorded options
@@ -262,7 +262,7 @@ def train_adapter(
     )
     fingerprint = checkpoint.data_fingerprint(items)
     total = total_steps(cfg, items)
-    if progress:
+    if progress:  # counting the plan walks every batch: only when someone reads it
         _log(progress, plan_line(cfg, items, total))
 
     plan = _Plan(
@@ -535,8 +535,13 @@ def _loop(
     }
     written = None
     if out is not None and not stopped:
-        written = save_adapter(out, acfg, adapter_weights(model), overwrite=plan.overwrite)
-        write_metrics(written / METRICS_FILE, metrics.records)
+        written = save_adapter(
+            out,
+            acfg,
+            adapter_weights(model),
+            overwrite=plan.overwrite,
+            extra_files={METRICS_FILE: metrics_text(metrics.records)},
+        )
         shown = plan.log_as or written
         _log(progress, f"adapter written to {shown} (training record: {METRICS_FILE})")
     return TrainResult(
