@@ -383,8 +383,8 @@ def test_registry_kinds_and_the_demo_line_up():
     from mlx_mixlora.demo.pipeline import MERGES
 
     for name, m in METHODS.items():
-        assert m.kind in ("exact", "dense", "factor"), name
-        assert (m.combine is not None) == (m.kind != "exact"), name
+        assert m.kind in ("exact", "dense", "factor", "learned"), name
+        assert (m.combine is not None) == (m.kind in ("dense", "factor")), name
         assert m.weights is None or m.kind == "exact", name
     assert METHODS["weighted"] is METHODS["linear"]
     twins = {f"factor_{n}" for n, m in METHODS.items() if m.peft.endswith("_svd")}
@@ -395,4 +395,9 @@ def test_registry_kinds_and_the_demo_line_up():
         ("merge:layer_wise", "layer_wise", {"layer_ranges": "even", "weights": None}),
         ("merge:ties", "ties", {"density": 0.2}),
         ("merge:dare_ties", "dare_ties", {"drop": 0.5}),
+        ("merge:adamerging", "adamerging", {"granularity": "layer"}),
+        ("merge:lorahub", "lorahub", {}),
+        ("merge:task_arithmetic-search", "task_arithmetic", {"search": True}),
+        ("merge:ties-search", "ties", {"search": True}),
+        ("merge:dare_ties-search", "dare_ties", {"search": True}),
     )

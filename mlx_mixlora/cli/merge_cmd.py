@@ -8,6 +8,7 @@ import click
 
 from ..merge.methods import METHODS, describe_methods
 from ..validate import COUNT, FINITE, FRACTION, NON_NEGATIVE_INT, SEED
+from . import merge_learned
 
 
 @click.command(epilog="\b\nMethods (kind, math):\n" + describe_methods())
@@ -52,11 +53,14 @@ from ..validate import COUNT, FINITE, FRACTION, NON_NEGATIVE_INT, SEED
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@merge_learned.options()
 def merge(adapters, method, out, into_base, overwrite, as_json, **options) -> None:
     """Merge ADAPTER directories with --method into OUT (an adapter, or a model with --into-base).
 
-    The other options are `merge_adapters`' (`MergeOptions`), passed through by name.
+    The other options are `merge_adapters`' (`MergeOptions`), passed through by name;
+    learned merges (adamerging, lorahub) and --search also load --model and read --calib.
     """
+    learned = {k: options.pop(k) for k in merge_learned.LEARNED_OPTIONS}
     from ..adapter_format import read_adapter
     from ..io import check_output
     from ..merge import merge_adapters, merge_into_base
@@ -65,7 +69,12 @@ def merge(adapters, method, out, into_base, overwrite, as_json, **options) -> No
     loaded = [read_adapter(a) for a in adapters]
     dense_into_base = into_base is not None and METHODS[method].kind == "dense"
     output = "deltas" if dense_into_base and options["rank"] is None else "adapter"
-    res = merge_adapters(loaded, method, output=output, **options)
+    if merge_learned.wants_model(METHODS[method].kind, learned["search"]):
+        res = merge_learned.learned_merge(loaded, method, learned, options)
+        if res.info.get("learned"):
+            _echo_learned(res.info["learned"])
+    else:
+        res = merge_adapters(loaded, method, output=output, **options)
     if into_base is not None:
         card = {"adapters": [str(a) for a in adapters], "merge": res.info}
         merge_into_base(
@@ -94,3 +103,12 @@ def merge(adapters, method, out, into_base, overwrite, as_json, **options) -> No
             f"merged {len(adapters)} adapters with {res.method} over {summary['modules']} modules"
             f"{rank_txt}, relative error {res.rel_error:.3g} -> {out}"
         )
+
+
+def _echo_learned(info: dict) -> None:
+    calib = info.get("calibration_examples", {})
+    click.echo(
+        f"learned on {sum(calib.values())} calibration prompts ({len(calib)} tasks) "
+        f"in {info.get('seconds', 0):.1f} s",
+        err=True,
+    )

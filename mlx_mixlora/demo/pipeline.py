@@ -8,6 +8,7 @@ nothing behind.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -25,7 +26,10 @@ from ..convert import convert_hf_to_mlx
 from ..errors import MixloraError
 from ..io import atomic_dir, output_path, write_json
 from ..merge import merge_adapters
-from ..merge.methods import METHODS
+from ..merge.calibration import task_calibration
+from ..merge.learned import learn_merge, search_merge
+from ..merge.methods import CALIB_EXAMPLES, METHODS
+from ..merge.search import searchable
 from ..model import base_identity, load
 from ..nano import SOURCE as NANO_SOURCE
 from ..nano import ensure_nano_base
@@ -41,12 +45,13 @@ from .plots import plot_heatmap, plot_retention
 from .report import render_report
 
 # The demo's merge line-up, (label, method, options): the methods `merge.METHODS` gives demo
-# options, in its order. Equal weights throughout (see `Method.demo` for "mean").
+# options, in its order (equal weights for fixed ones, see `Method.demo` for "mean"), then
+# each searchable method with its options chosen on the validation split (`--search`).
 MERGES: tuple[tuple[str, str, dict], ...] = tuple(
     (f"merge:{name}", name, m.demo)
     for name, m in METHODS.items()
     if name == m.name and m.demo is not None
-)
+) + tuple((f"merge:{name}-search", name, {"search": True}) for name in searchable())
 
 
 @dataclass
@@ -58,6 +63,7 @@ class DemoConfig:
         default_factory=lambda: [t.name for t in BUILTIN_TASKS]
     )  # or yaml paths
     eval_examples: int = 100
+    calib_examples: int = CALIB_EXAMPLES  # per task, validation split: learned merges
     train_examples: int | None = None  # None: from the recipe
     iters: int | None = None  # None: from the recipe
     seed: int = 0
@@ -147,7 +153,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         methods: list[Method] = [base_method()]
         methods += [adapter_method(f"adapter:{n}", p, base=identity) for n, p in adapters.items()]
         if cfg.merges and len(adapters) > 1:
-            methods += _merge_methods(adapters, tmp / "merged", identity, cfg, timings)
+            calib = task_calibration(tasks, cfg.data, cfg.calib_examples, seed=cfg.seed)
+            methods += _merge_methods(
+                (model, tok), calib, adapters, tmp / "merged", identity, cfg, timings
+            )
         routing_accuracy = {}
         if cfg.routing and len(adapters) > 1:
             routes, routing_accuracy = _routing_methods(
@@ -196,22 +205,44 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
 
 def _merge_methods(
-    adapters: dict[str, Path], where: Path, identity: dict, cfg: DemoConfig, timings
+    model_tok, calib, adapters: dict[str, Path], where: Path, identity: dict, cfg, timings
 ) -> list[Method]:
+    """Every row of `MERGES`, saved under `where`; learned ones fitted on `calib` (validation)."""
     loaded = [read_adapter(p) for p in adapters.values()]
     n = len(loaded)
     methods = []
     for label, method, opts in MERGES:
         kwargs = dict(opts)
         equal = kwargs.pop("weights", "ones")  # 1 each; "mean": 1/n each; None: none given
-        if equal is not None:
-            kwargs["weights"] = [1.0 / n if equal == "mean" else 1.0] * n
         t0 = time.perf_counter()
-        res = merge_adapters(loaded, method, seed=cfg.seed, name=method, **kwargs)
-        res.save(where / method)
+        if kwargs.pop("search", False):
+            res = search_merge(*model_tok, loaded, method, calib, seed=cfg.seed, name=label[6:])
+        elif METHODS[method].kind == "learned":
+            if method == "lorahub" and importlib.util.find_spec("cma") is None:
+                _log(cfg, "skipping merge:lorahub: it needs the 'cma' package (mlx-mixlora[learn])")
+                continue
+            res = learn_merge(*model_tok, loaded, method, calib, seed=cfg.seed, **kwargs)
+        else:
+            if equal is not None:
+                kwargs["weights"] = [1.0 / n if equal == "mean" else 1.0] * n
+            res = merge_adapters(loaded, method, seed=cfg.seed, name=method, **kwargs)
+        res.save(where / label[6:])
         timings[label] = time.perf_counter() - t0
-        methods.append(adapter_method(label, where / method, base=identity, kind="merge"))
+        methods.append(adapter_method(label, where / label[6:], base=identity, kind="merge"))
         methods[-1].info["rel_error"] = round(float(res.rel_error), 6)
+        if "learned" in res.info:
+            learned = res.info["learned"]
+            methods[-1].info["learned"] = {
+                k: learned[k]
+                for k in (
+                    "chosen",
+                    "coefficients",
+                    "calibration_examples",
+                    "seconds",
+                    "granularity",
+                )
+                if k in learned
+            }
     return methods
 
 

@@ -73,6 +73,38 @@ def retention_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def learned_table(results: dict) -> str:
+    """What each learned or searched merge saw (validation prompts), chose, and took."""
+    rows = [m for m in results["methods"] if m.get("learned")]
+    if not rows:
+        return ""
+    t = results.get("timings_s", {})
+    lines = ["| merge | calibration prompts (validation) | chose | seconds |", "|---|---|---|---|"]
+    for m in rows:
+        info = m["learned"]
+        calib = info.get("calibration_examples", {})
+        if "chosen" in info:
+            chose = ", ".join(f"{k} {v}" for k, v in info["chosen"].items())
+        else:
+            coef = info.get("coefficients")
+            chose = f"λ per {info.get('granularity', 'adapter')}: " + _short(coef)
+        lines.append(
+            f"| {m['name']} | {sum(calib.values())} ({len(calib)} tasks) | {chose} | "
+            f"{t.get(m['name'], info.get('seconds'))} |"
+        )
+    return "\n".join(lines)
+
+
+def _short(coef) -> str:
+    """λ as text: per adapter as is; per layer (or finer) as each adapter's mean over them."""
+    import numpy as np
+
+    a = np.asarray(coef, dtype=float)
+    if a.ndim > 1:
+        return "mean " + ", ".join(f"{x:.2f}" for x in a.reshape(-1, a.shape[-1]).mean(axis=0))
+    return ", ".join(f"{x:.2f}" for x in a)
+
+
 def _row_with_mean(label: str, vals: list, fmt: str) -> str:
     """`| label | v1 | v2 | ... | mean |` with – for missing values (left out of the mean)."""
     mean = _mean(vals)
@@ -219,6 +251,19 @@ def render_report(results: dict, figures: dict[str, str]) -> str:
         parts += ["## Retention (score ÷ the task's own adapter)", "", ret, ""]
         if "retention" in figures:
             parts += [f"![retention]({figures['retention']})", ""]
+    lt = learned_table(results)
+    if lt:
+        parts += [
+            "### Learned merges",
+            "",
+            "Coefficients learned on validation prompts (never the test split): AdaMerging "
+            "minimises prediction entropy (unlabelled), LoraHub searches one weight per adapter "
+            "on labelled answers, `-search` picks a fixed method's options by validation loss. "
+            "Each is written as an ordinary adapter.",
+            "",
+            lt,
+            "",
+        ]
     rt = routing_table(results)
     if rt:
         parts += [

@@ -168,6 +168,11 @@ def merge_adapters(adapters: Sequence[Adapter], method: str, **options: Any) -> 
     overrides DARE's seeded keep-masks (for parity tests against PEFT).
     """
     m = get_method(method)
+    if m.kind == "learned":
+        raise MixloraError(
+            f"{m.name} learns its coefficients through a model on calibration data: use "
+            "merge.learned.learn_merge (mixlora merge --model DIR --calib ...)"
+        )
     o = MergeOptions(**options)
     o.check()
     check_compatible(adapters)
@@ -195,6 +200,8 @@ def merge_adapters(adapters: Sequence[Adapter], method: str, **options: Any) -> 
     err_num = err_den = 0.0
     for path in _module_order(configs):
         wv = wfun(parse_module_path(path)[0])
+        if o.module_weights is not None and path in o.module_weights:
+            wv = parse_weights(o.module_weights[path], n)
         present = [i for i in range(n) if path in paths_of[i] and wv[i] != 0.0]
         if not present:
             continue

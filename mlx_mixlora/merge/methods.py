@@ -9,6 +9,9 @@ A method is a kind plus, where the kind leaves a choice, one small function:
   from one batched matmul, weights ``w``) go through `combine(stack, options)`, an
   elementwise merge, usually `Stack.merge` with its trim / DARE / elect switches;
   a randomized SVD turns the result back into a low-rank adapter.
+- ``learned`` — the coefficients are learned on calibration data through the
+  model (`learned.learn_merge`; `merge_adapters` refuses them), then written as
+  linear at the learned per-module weights.
 - ``factor`` — PEFT's factor space: the Aᵢ and the Bᵢ each go through `combine`
   with weights √|wᵢsᵢ| (the sign on A), as PEFT's `add_weighted_adapter` does;
   not ΔW-exact, kept for PEFT's numbers: every dense method PEFT also has
@@ -37,6 +40,14 @@ if TYPE_CHECKING:
     from ..adapter_format import Adapter
     from .kernels import Stack
     from .options import MergeOptions
+
+
+# Learned merges' defaults, here (no MLX) so the CLI can show them without loading MLX.
+GRANULARITIES = ("task", "layer", "module")  # λ per adapter, × layer, × layer × module
+LEARN_STEPS = 60  # AdaMerging: full-batch Adam steps
+LEARN_LR = 0.05
+LORAHUB_BUDGET = 40  # LoraHub: evaluations (the paper's 40)
+CALIB_EXAMPLES = 16  # validation prompts per task
 
 
 def weighted_sum(s: Stack, o: MergeOptions) -> Any:
@@ -86,7 +97,7 @@ class Method:
     """One merge method; see the module docstring for what each field means per kind."""
 
     name: str
-    kind: str  # "exact" | "dense" | "factor"
+    kind: str  # "exact" | "dense" | "factor" | "learned"
     math: str  # one line for `mixlora merge --help`
     combine: Combine | None = None  # dense / factor: the elementwise merge of a Stack
     weights: Callable[[list[float], MergeOptions], list[float]] | None = None  # exact
@@ -136,6 +147,11 @@ _TABLE = (
            demo={"drop": 0.5}),
     Method("magnitude_prune", "dense", "trim each ΔWᵢ, then Σ wᵢ", combine=magnitude_prune,
            needs=("density",), peft="magnitude_prune_svd"),
+    Method("adamerging", "learned", "λ per adapter (× layer × module: --granularity) minimising "
+           "prediction entropy on unlabelled --calib prompts (AdaMerging), written as linear",
+           demo={"granularity": "layer"}),
+    Method("lorahub", "learned", "one weight per adapter by CMA-ES on a few labelled --calib "
+           "examples, loss + 0.05·Σ|wᵢ| (LoraHub), written as linear", demo={}),
 )  # fmt: skip
 _FACTOR_TWINS = (
     Method("factor_linear", "factor", "PEFT's factor-space linear", weighted_sum, peft="linear"),
@@ -161,7 +177,7 @@ def describe_methods() -> str:
     """The table as text, one method a line (`mixlora merge --help` prints it)."""
     width = max(map(len, METHODS))
     return "\n".join(
-        f"{name:<{width}}  {m.kind:<6}  "
+        f"{name:<{width}}  {m.kind:<7}  "
         + (f"= {m.name}" if name != m.name else m.math)
         + (f" (PEFT: {m.peft})" if m.peft != "—" and name == m.name else "")
         for name, m in METHODS.items()

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,9 @@ class MergeOptions:
     seed: int = 0  # DARE's draws and the randomized SVD's sketch
     layer_ranges: str | dict[int, int] | None = None  # "cls:0-7,qa:8-14" or "even"
     layer_weights: str | dict[int, Sequence[float]] | None = None  # "0-7=1,0;8-21=0.2,0.8"
+    # {module path: weight vector}: per-module weights (learned merges write these); a module
+    # not listed takes its layer's vector
+    module_weights: dict[str, Sequence[float]] | None = None
     majority_sign: str = "total"  # TIES sign election: "total" (PEFT's) or "frequency"
     output: str = "adapter"  # or "deltas": dense ΔW per module
     oversample: int = 16  # randomized SVD
@@ -53,5 +57,9 @@ class MergeOptions:
             raise MixloraError(f"rank must be >= 1, got {self.rank}")
         if self.oversample < 0 or self.power_iters < 0:
             raise MixloraError("oversample and power iterations must be >= 0")
+        if self.module_weights is not None:
+            for path, ws in self.module_weights.items():
+                if not all(math.isfinite(float(w)) for w in ws):
+                    raise MixloraError(f"module weights of {path} are not all finite: {list(ws)}")
         if self.layer_ranges is not None and self.layer_weights is not None:
             raise MixloraError("give layer ranges or per-layer weights, not both")

@@ -1,0 +1,234 @@
+"""Learned merges: the λ forward, its gradients, AdaMerging, LoraHub, --search, calibration data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers_route import random_adapter
+from helpers_train import CharTokenizer, tiny_model
+
+import mlx.core as mx  # isort: skip  (mlx_mixlora, via the helpers, preloads BLAS first)
+from mlx_mixlora.adapter_format import Adapter
+from mlx_mixlora.errors import MixloraError
+from mlx_mixlora.lora import attach_lora, detach_lora
+from mlx_mixlora.merge import merge_adapters
+from mlx_mixlora.merge.adamerging import learn_coefficients
+from mlx_mixlora.merge.calibration import CalibExample, read_calibration, task_calibration
+from mlx_mixlora.merge.coefficients import (
+    merged_weights,
+    set_coefficients,
+    table_for,
+    weighted_adapters,
+)
+from mlx_mixlora.merge.learned import learn_merge
+from mlx_mixlora.merge.objectives import build_batch, cross_entropy, entropy
+
+TOK = CharTokenizer()
+IDS = mx.array([[1, 5, 9, 14, 3, 22, 7, 30, 11]])
+
+
+def _adapters(model, n=3, scale=0.3):
+    out = []
+    for i in range(n):
+        cfg, w = random_adapter(
+            model, seed=10 + i, targets=("q_proj", "v_proj", "down_proj"), name=f"a{i}",
+            task=f"t{i}", scale=scale,
+        )  # fmt: skip
+        out.append(Adapter(cfg, w, f"a{i}"))
+    return out
+
+
+CALIB = [
+    CalibExample("t0", "is a ok?", ("yes", "no"), " yes"),
+    CalibExample("t0", "is b ok?", ("yes", "no"), " no"),
+    CalibExample("t1", "say hi to bo", None, " hi bo"),
+    CalibExample("t2", "count: 1 2", ("3", "4"), " 3"),
+]
+
+
+def _batch(labels_first: bool):
+    conts = [TOK.encode(c.answer, add_special_tokens=False) + [2] for c in CALIB]
+    return build_batch(TOK, CALIB, conts, labels_first=labels_first)
+
+
+@pytest.mark.parametrize("granularity", ["task", "layer", "module"])
+def test_weighted_forward_equals_the_written_linear_merge(granularity):
+    model = tiny_model(0)
+    ads = _adapters(model)
+    table = table_for(ads, granularity, 2)
+    rng = np.random.default_rng(0)
+    lam = mx.array(rng.uniform(0, 1, table.shape).astype(np.float32))
+    with weighted_adapters(model, ads) as layers:
+        set_coefficients(layers, table, lam)
+        searched = np.array(model(IDS))
+    paths = sorted({p for a in ads for p in a.module_paths()})
+    res = merge_adapters(ads, "linear", module_weights=merged_weights(table, lam, paths))
+    attach_lora(model, res.config, res.weights)
+    written = np.array(model(IDS))
+    detach_lora(model)
+    base = np.array(model(IDS))
+    assert np.abs(searched - base).max() > 1e-2  # the adapters change the output
+    assert np.abs(searched - written).max() <= 1e-5
+
+
+@pytest.mark.parametrize("objective", [entropy, cross_entropy])  # distill: same forward
+def test_lambda_gradients_match_finite_differences(objective):
+    model = tiny_model(1)
+    ads = _adapters(model)
+    table = table_for(ads, "layer", 2)
+    batch = _batch(labels_first=objective is entropy)
+    lam0 = mx.array(np.random.default_rng(1).uniform(0.2, 0.8, table.shape).astype(np.float32))
+    with weighted_adapters(model, ads) as layers:
+
+        def f(lam):
+            set_coefficients(layers, table, lam)
+            return objective(model, batch)
+
+        grad = np.array(mx.grad(f)(lam0))
+        eps = 1e-2
+        fd = np.zeros(table.shape)
+        for idx in np.ndindex(*table.shape):
+            d = np.zeros(table.shape, dtype=np.float32)
+            d[idx] = eps
+            fd[idx] = (f(lam0 + mx.array(d)).item() - f(lam0 - mx.array(d)).item()) / (2 * eps)
+    assert np.abs(grad).max() > 1e-3  # λ matters
+    np.testing.assert_allclose(grad, fd, rtol=2e-2, atol=2e-4)
+
+
+def test_identical_adapters_recover_lambdas_that_reproduce_the_adapter():
+    """Two copies of one adapter, distilled from that adapter: KL = 0 exactly at λ₁ + λ₂ = 1."""
+    model = tiny_model(2)
+    (one,) = _adapters(model, n=1, scale=0.4)
+    copies = [Adapter(one.config, one.weights, "x", ""), Adapter(one.config, one.weights, "y", "")]
+    attach_lora(model, one.config, one.weights)
+    own = np.array(model(IDS))
+    detach_lora(model)
+    calib = [
+        CalibExample("x", p, None)
+        for p in ("is a ok?", "say hi to bo", "count: 1 2", "why not?", "go on")
+    ]
+    learned = learn_coefficients(
+        model, TOK, copies, calib, "task", objective="distill", steps=150, lr=0.05, init=0.1
+    )
+    total = float(learned.lam.sum())
+    assert learned.losses[0] > 10 * learned.losses[-1]
+    assert abs(total - 1.0) < 0.02, learned.lam.tolist()
+    res = merge_adapters(copies, "linear", weights=learned.lam.tolist())
+    attach_lora(model, res.config, res.weights)
+    merged = np.array(model(IDS))
+    detach_lora(model)
+    assert np.abs(merged - own).max() < 0.02 * np.abs(own).max()
+
+
+def test_adamerging_lowers_entropy_and_is_deterministic():
+    model = tiny_model(3)
+    ads = _adapters(model)
+    runs = [
+        learn_merge(model, TOK, ads, "adamerging", CALIB, granularity="layer", steps=8, lr=0.1)
+        for _ in range(2)
+    ]
+    info = runs[0].info["learned"]
+    assert info["loss_last"] < info["loss_first"]
+    assert info["calibration_examples"] == {"t0": 2, "t1": 1, "t2": 1}
+    assert np.array(info["coefficients"]).shape == (2, 3)
+    assert all(0.0 <= x <= 1.0 for x in np.ravel(info["coefficients"]))
+    for k, v in runs[0].weights.items():
+        assert np.array_equal(np.array(v), np.array(runs[1].weights[k])), k
+    assert runs[0].config.extra["merge"]["method"] == "adamerging"
+
+
+def test_lorahub_finds_weights_better_than_none_and_is_seeded():
+    pytest.importorskip("cma")
+    model = tiny_model(4)
+    ads = _adapters(model, scale=0.2)
+    a = learn_merge(model, TOK, ads, "lorahub", CALIB, budget=20, seed=3)
+    b = learn_merge(model, TOK, ads, "lorahub", CALIB, budget=20, seed=3)
+    info = a.info["learned"]
+    assert info["coefficients"] == b.info["learned"]["coefficients"]
+    assert info["loss_last"] <= info["loss_first"]
+    assert all(-1.5 <= x <= 1.5 for x in info["coefficients"])
+
+
+def test_search_picks_the_grid_point_with_the_lowest_validation_loss():
+    from mlx_mixlora.merge.search import search_merge
+
+    model = tiny_model(5)
+    ads = _adapters(model, scale=0.2)
+    res = search_merge(model, TOK, ads, "task_arithmetic", CALIB)
+    tried = res.info["learned"]["search"]["tried"]
+    assert len(tried) == 7
+    best = min(tried, key=lambda t: t["loss"])
+    assert res.info["learned"]["chosen"] == {"lam": best["lam"]}
+    assert res.info["lam"] == best["lam"]
+
+
+def test_learned_methods_are_refused_by_the_plain_merge():
+    model = tiny_model(0)
+    with pytest.raises(MixloraError, match="calibration"):
+        merge_adapters(_adapters(model), "adamerging")
+
+
+def test_non_finite_loss_is_refused_and_the_model_restored():
+    model = tiny_model(6)
+    ads = _adapters(model, scale=1e25)  # finite weights whose product overflows
+    before = np.array(model(IDS))
+    with pytest.raises(MixloraError, match="nothing written|not finite"):
+        learn_merge(model, TOK, ads, "adamerging", CALIB, steps=2)
+    assert np.array_equal(np.array(model(IDS)), before)
+
+
+def test_calibration_never_reads_the_test_split(monkeypatch):
+    import mlx_mixlora.tasks as T
+
+    seen = []
+    real = T.load_rows
+
+    def spy(task, source, split, **kw):
+        seen.append(split)
+        return real(task, source, split, **kw)
+
+    monkeypatch.setattr(T, "load_rows", spy)
+    tasks = [T.resolve_task(n) for n in ("classification", "qa", "summarization", "sentiment")]
+    calib = task_calibration(tasks, "synthetic", 20, seed=0)
+    assert seen and set(seen) == {"validation"}
+    test_prompts = {
+        e["prompt"] for t in tasks for e in real_examples(t, "test", 100) if e is not None
+    }
+    assert not test_prompts & {c.prompt for c in calib}
+
+
+def real_examples(task, split, n):
+    from mlx_mixlora.tasks import load_examples
+
+    return load_examples(task, "synthetic", split, n=n, seed=0)
+
+
+@pytest.mark.parametrize(
+    "line, match",
+    [
+        ("not json", "not JSON"),
+        ('{"task": "t0"}', "prompt"),
+        ('{"prompt": "x"}', "needs 'task'"),
+        ('{"prompt": "x", "task": "nope"}', "none of the adapters"),
+        ('{"prompt": "x", "task": "t0", "labels": []}', "labels"),
+    ],
+)
+def test_bad_calibration_rows_are_one_clear_error(tmp_path, line, match):
+    f = tmp_path / "c.jsonl"
+    f.write_text(line + "\n")
+    with pytest.raises(MixloraError, match=match):
+        read_calibration(f, ["t0", "t1"])
+
+
+def test_calibration_file_rows(tmp_path):
+    f = tmp_path / "c.jsonl"
+    rows = [
+        {"prompt": "Review: fine film\nSentiment:", "task": "sentiment"},
+        {"prompt": "hi", "task": "t0", "labels": ["a", "b"], "completion": " a"},
+    ]
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    got = read_calibration(f, ["sentiment", "t0"])
+    assert set(got[0].labels) == {"positive", "negative"}  # from the registered task
+    assert got[1] == CalibExample("t0", "hi", ("a", "b"), " a")
