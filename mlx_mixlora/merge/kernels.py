@@ -63,9 +63,13 @@ def trim_thresholds(
     cut = numel - k
     if _select_backend(select) == "numpy":
         mx.eval(d)
-        a = np.abs(np.array(memoryview(d), copy=False).reshape(n, numel))
-        a.partition(cut, axis=1)
-        t, below = a[:, cut], a[:, :cut].max(axis=1)
+        view = np.array(memoryview(d), copy=False).reshape(n, numel)
+        t, below = np.empty(n, view.dtype), np.empty(n, view.dtype)
+        a = np.empty(numel, view.dtype)  # one slice's |values| at a time: less memory to fault in
+        for i in range(n):
+            np.abs(view[i], out=a)
+            a.partition(cut)
+            t[i], below[i] = a[cut], a[:cut].max()
     else:
         a = mx.partition(mx.abs(d.reshape(n, numel)), cut, axis=1)
         t, below = np.array(a[:, cut]), np.array(mx.max(a[:, :cut], axis=1))
