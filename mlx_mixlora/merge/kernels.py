@@ -174,6 +174,11 @@ def _fused(n: int, elect: str | None, has_thr: bool, has_mask: bool):
     return mx.compile(agree_sum), mx.compile(agree_count), mx.compile(ratio)
 
 
+def _slices(x: mx.array) -> list[mx.array]:
+    """x[0], x[1], ... as views of x's buffer (`x[i]` copies each slice: 3×16 MB, ~10 ms here)."""
+    return [part.squeeze(0) for part in mx.split(x, x.shape[0])]
+
+
 def merge_slices(
     d: mx.array,
     w: list[float],
@@ -207,9 +212,9 @@ def merge_slices(
             t = mx.array(thr).reshape((n,) + (1,) * (d.ndim - 1))
             mask = mask & (mx.abs(d) >= t)
         return metal_elect_merge(d, mask, mx.array(w), elect, scale)
-    ds = [d[i] for i in range(n)]
+    ds = _slices(d)
     ts = [mx.array(x, dtype=d.dtype) for x in thr] if thr is not None else []
-    ks = [u[i] for i in range(n)] + [mx.array(q, dtype=mx.float32)] if u is not None else []
+    ks = _slices(u) + [mx.array(q, dtype=mx.float32)] if u is not None else []
     ws = [mx.array(x, dtype=d.dtype) for x in w]
     sc = mx.array(scale, dtype=d.dtype)
     fns = _fused(n, elect, thr is not None, u is not None)
