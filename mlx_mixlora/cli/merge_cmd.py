@@ -62,7 +62,7 @@ def merge(adapters, method, out, into_base, overwrite, as_json, **options) -> No
     # (tests/test_merge_startup.py keeps it so).
     from ..adapter_format import read_adapter
     from ..io import check_output
-    from ..merge.engine import merge_adapters
+    from ..merge import merge_adapters
 
     check_output(out, overwrite, *adapters, into_base)
     loaded = [read_adapter(a) for a in adapters]
@@ -70,7 +70,7 @@ def merge(adapters, method, out, into_base, overwrite, as_json, **options) -> No
     output = "deltas" if dense_into_base and options["rank"] is None else "adapter"
     res = merge_adapters(loaded, method, output=output, **options)
     if into_base is not None:
-        from ..merge.into_base import merge_into_base
+        from ..merge import merge_into_base
 
         card = {"adapters": [str(a) for a in adapters], "merge": res.info}
         merge_into_base(
