@@ -16,7 +16,9 @@
 
 The k-th largest |value| is found with NumPy's introselect on a zero-copy view of
 the MLX buffer on the CPU backend (9× faster than `mx.partition` here), and with
-`mx.partition` elsewhere; both give the same exact threshold.
+`mx.partition` elsewhere; both give the same exact threshold. NumPy is imported
+by the functions that use it: a merge without trim or DARE (linear, svd, cat)
+starts ~0.1 s sooner without it.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from __future__ import annotations
 import functools
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
-import numpy as np
 
 from ..errors import MixloraError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def metal_available() -> bool:
@@ -53,6 +57,8 @@ def trim_thresholds(
     `excess[i]` are set to 0: those tie with thr[i] beyond the quota (float32
     values do tie at 4M entries), and the lowest indices win.
     """
+    import numpy as np
+
     n = d.shape[0]
     numel = d.size // n
     k = int(density * numel)
@@ -87,6 +93,8 @@ def trim_thresholds(
 
 def zero_entries(d: mx.array, excess: dict[int, np.ndarray]) -> mx.array:
     """d with the given flat indices of each slice set to 0."""
+    import numpy as np
+
     if not excess:
         return d
     numel = d.size // d.shape[0]
@@ -266,6 +274,8 @@ def metal_elect_merge(
     d: mx.array, keep: mx.array, w: mx.array, elect: str, scale: float = 1.0
 ) -> mx.array:
     """TIES elect + disjoint mean as one Metal kernel (one thread per output element)."""
+    import numpy as np
+
     numel = int(np.prod(d.shape[1:]))
     kern = _metal_kernel(elect == "frequency")
     (out,) = kern(
@@ -284,6 +294,8 @@ def dare_uniform(shape: tuple[int, ...], seed: int) -> mx.array:
     NumPy's PCG64 (float32) is 2× faster than `mx.random` on this CPU; the draws
     depend only on `seed`, so a merge is reproducible.
     """
+    import numpy as np
+
     return mx.array(np.random.default_rng(seed).random(shape, dtype=np.float32))
 
 

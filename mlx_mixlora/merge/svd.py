@@ -15,7 +15,6 @@ QR/SVD run on the CPU stream (MLX implements them there only).
 from __future__ import annotations
 
 import mlx.core as mx
-import numpy as np
 
 _CPU = mx.cpu
 
@@ -32,6 +31,8 @@ def _sq_norm(x: mx.array) -> float:
     """
     mx.eval(x)
     if x.dtype == mx.float32 and x.ndim == 2:
+        import numpy as np  # here, not at the top: exact merges (svd, linear) never need it
+
         v = np.array(memoryview(x), copy=False)
         return float(np.einsum("ij,ij->i", v, v).sum(dtype=np.float64))
     rows = mx.sum(x * x, axis=-1).astype(mx.float64, stream=_CPU)
