@@ -12,7 +12,17 @@ Error reference: PEFT's own `merge_utils` math on the dense deltas (what its
 sides are fed the same masks (PEFT's `random_pruning` patched, ours via
 `mask_fn`), while the timed runs use each side's own RNG.
 
-Our merges are timed in a worker process that never imports torch (as in
+What a user waits for is the whole command: every case is also run as
+`mixlora merge ... --json` in --command-runs fresh processes (interpreter start,
+imports, reading the adapters, MLX's first-call compilation, the merge, writing
+the merged adapter), after one untimed run that fills MLX's on-disk kernel cache
+as any earlier merge on the machine would; `ours_command_s` gives their median,
+min and spread, `speedup_command` PEFT's in-process seconds over that median (and
+`speedup_command_best` over the min). `ours_first_run_s` is one more command with
+an empty kernel cache (a fresh TMPDIR: MLX compiles its fused CPU kernels with
+the C++ compiler), what the very first merge on a machine costs.
+
+Our in-process merges are timed in a worker process that never imports torch (as in
 `mixlora merge`): with torch loaded, its BLAS/OpenMP threads contend with MLX's.
 Timings are wall-clock; ours also reports process CPU time, and the speedup is
 also given against PEFT's times measured on a quiet machine (--peft-reference),
@@ -36,6 +46,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
+import shlex
 import shutil
 import sys
 import tempfile
@@ -49,10 +61,11 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_mixlora.bench.env import load_average, machine_record
-from mlx_mixlora.bench.process import run_json
+from mlx_mixlora.bench.process import peer_env, run_json
+from mlx_mixlora.bench.report import publish
 from mlx_mixlora.bench.spec import MERGE_CASES, TARGETS, TINYLLAMA
 from mlx_mixlora.bench.spec import MERGE_WEIGHTS as WEIGHTS
-from mlx_mixlora.bench.timing import repeat, timed
+from mlx_mixlora.bench.timing import repeat, stats, timed
 
 NAMES = ["t1", "t2", "t3"]
 TILE_MIB = [0.5, 1, 2, 4, 8, 16, 64]  # 64 MiB: every weight here in one piece
@@ -195,6 +208,73 @@ def in_worker(spec: dict) -> dict:
     return res
 
 
+def mixlora_command() -> list[str]:
+    """How a user starts `mixlora`: the installed console script, else `python -m`."""
+    exe = Path(sys.executable).with_name("mixlora")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "mlx_mixlora.cli"]
+
+
+def merge_command(adapters: list[str], method: str, kw: dict, out: Path) -> list[str]:
+    """`mixlora merge` for one MERGE_CASES row: the same merge as merge_adapters(**kw)."""
+    opts = [f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]
+    weights = ",".join(str(w) for w in WEIGHTS)
+    return [*mixlora_command(), "merge", *adapters, "--method", method, "--weights", weights,
+            *opts, "-o", str(out), "--json"]  # fmt: skip
+
+
+def run_command(cmd: list[str], work: Path, env: dict | None = None) -> tuple[dict, float, float]:
+    """One whole command in a fresh process: (its --json summary, wall s, CPU s of the process)."""
+    summary, tmp = work / "summary.json", work / "summary.json.tmp"
+    shell = f"{shlex.join(cmd)} > {shlex.quote(str(tmp))} && mv {shlex.quote(str(tmp))} {shlex.quote(str(summary))}"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res, wall = run_json(["sh", "-c", shell], summary, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return res, wall, cpu
+
+
+def command_env() -> dict:
+    """A user's environment: ours as it ships, and Python's bytecode cache allowed (an
+    installed package has its .pyc files; PYTHONDONTWRITEBYTECODE in a dev shell would
+    recompile every module on every start)."""
+    env = peer_env(ours=True)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def time_command(adapters: list[str], method: str, kw: dict, runs: int) -> dict:
+    """The whole `mixlora merge` command, cold, `runs` times (median, min, spread), and its first run."""
+    with tempfile.TemporaryDirectory(prefix="merge_cmd_") as tmp:
+        work = Path(tmp)
+        out = work / "merged"
+
+        def once(env=None):
+            cmd = merge_command(adapters, method, kw, out)
+            res, wall, cpu = run_command(cmd, work, env or command_env())
+            if "error" in res:
+                raise SystemExit(f"mixlora merge --method {method} failed: {res['error']}")
+            shutil.rmtree(out)  # untimed: every run writes a new adapter, as a user's does
+            return res, wall, cpu
+
+        fresh = work / "tmpdir"  # an empty MLX kernel cache: the very first merge on a machine
+        fresh.mkdir()
+        _, first_wall, first_cpu = once(command_env() | {"TMPDIR": str(fresh)})
+        once()  # fills the default kernel cache, as any earlier merge on this machine has
+        timings = [once() for _ in range(runs)]
+    summary = timings[0][0]
+    return {
+        "command": shlex.join(
+            [Path(merge_command([], method, kw, Path("OUT"))[0]).name]
+            + merge_command(["A1", "A2", "A3"], method, kw, Path("OUT"))[1:]
+        ),
+        "wall": stats([w for _, w, _ in timings]),
+        "cpu": stats([c for _, _, c in timings]),
+        "first_run_wall": first_wall,
+        "first_run_cpu": first_cpu,
+        "rel_error": summary["rel_error"],
+    }
+
+
 def bench_merges(model, ours, args):
     from peft.utils import merge_utils
 
@@ -214,10 +294,22 @@ def bench_merges(model, ours, args):
         row.update(
             ours_cold_s=cold, ours_warm_s=min(warm), ours_warm_all_s=warm, ours_cpu_s=min(cpu)
         )
+        if args.command_runs:
+            cmd = time_command(args.adapter_dirs, method, kw, args.command_runs)
+            row.update(
+                ours_command_s=cmd["wall"],
+                ours_command_cpu_s=cmd["cpu"],
+                ours_first_run_s=cmd["first_run_wall"],
+                ours_first_run_cpu_s=cmd["first_run_cpu"],
+                ours_command=cmd["command"],
+                rel_err_reported_by_command=cmd["rel_error"],
+            )
         res = merge_adapters(ours, method, weights=WEIGHTS, **kw)  # for the error, untimed
         if args.peft_reference and ct in args.peft_reference:
-            row["peft_reference_s"] = args.peft_reference[ct]
-            row["speedup_vs_reference"] = args.peft_reference[ct] / row["ours_warm_s"]
+            ref = row["peft_reference_s"] = args.peft_reference[ct]
+            row["speedup_vs_reference"] = ref / row["ours_warm_s"]
+            if args.command_runs:
+                row["speedup_command_vs_reference"] = ref / row["ours_command_s"]["median"]
         if not args.skip_peft:
             name = f"m_{ct}"
             row["peft_s"], row["peft_cpu_s"] = timed(
@@ -225,6 +317,9 @@ def bench_merges(model, ours, args):
             )
             row["speedup_warm"] = row["peft_s"] / row["ours_warm_s"]
             row["speedup_cold"] = row["peft_s"] / row["ours_cold_s"]
+            if args.command_runs:
+                row["speedup_command"] = row["peft_s"] / row["ours_command_s"]["median"]
+                row["speedup_command_best"] = row["peft_s"] / row["ours_command_s"]["min"]
             peft_d = peft_deltas(model, name)
             model.delete_adapter(name)
         if ct.endswith("_svd") or ct == "svd":
@@ -405,6 +500,12 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--command-runs",
+        type=int,
+        default=5,
+        help="whole `mixlora merge` commands timed per case, each a fresh process (0: none)",
+    )
     ap.add_argument("--only", help="comma-separated PEFT combination types to run")
     ap.add_argument("--skip-peft", action="store_true")
     ap.add_argument("--skip-into-base", action="store_true")
@@ -460,6 +561,8 @@ def main() -> None:
             "adapters": len(NAMES),
             "rank": args.rank,
             "weights": WEIGHTS,
+            "command_runs": args.command_runs,
+            "command_env": "as shipped, bytecode cache allowed (PYTHONDONTWRITEBYTECODE unset)",
         },
         "machine": machine_record(gemm=False)
         | {
@@ -478,11 +581,7 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     shutil.rmtree(adapter_root, ignore_errors=True)
-    out = Path(args.out)
-    from mlx_mixlora.io import write_json
-
-    write_json(out, report)
-    print(f"wrote {out}")
+    publish(report, args.out)
 
 
 if __name__ == "__main__":

@@ -232,7 +232,8 @@ def save_adapter(
     finite_tensors(arrays, source=str(out_dir))
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         mx.save_safetensors(str(tmp / WEIGHTS_FILE), arrays, metadata={"format": FORMAT})
-        write_json(tmp / CONFIG_FILE, config.to_dict())
+        # no temp file + fsync of its own: the directory's rename publishes it
+        write_json(tmp / CONFIG_FILE, config.to_dict(), atomic=False)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
     return Path(out_dir)

@@ -232,3 +232,43 @@ def test_calibration_file_rows(tmp_path):
     got = read_calibration(f, ["sentiment", "t0"])
     assert set(got[0].labels) == {"positive", "negative"}  # from the registered task
     assert got[1] == CalibExample("t0", "hi", ("a", "b"), " a")
+
+
+def test_a_learned_merge_exports_to_peft_with_logit_parity(tiny_hf_llama, tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from click.testing import CliRunner
+    from peft import PeftModel
+    from test_peft import hf_model, our_logits, random_adapter, torch_logits
+
+    from mlx_mixlora.adapter_format import read_adapter
+    from mlx_mixlora.cli import main
+    from mlx_mixlora.model import load
+
+    src = tiny_hf_llama(heads=4, kv_heads=2)
+    mlx_dir = tmp_path / "mlx"
+    cli = CliRunner()
+    assert (
+        cli.invoke(main, ["convert", str(src), "-o", str(mlx_dir), "--dtype", "float32"]).exit_code
+        == 0
+    )
+    dirs = [
+        random_adapter(mlx_dir, tmp_path / "a", rank=4, layers=(0, 1)),
+        random_adapter(mlx_dir, tmp_path / "b", rank=2, layers=(1,)),
+    ]
+    ads = [read_adapter(d) for d in dirs]
+    ads[1].name = "b"
+    model, tok = load(mlx_dir)
+    calib = [
+        CalibExample("rand", "w1 w2 w3", ("w4", "w5")),
+        CalibExample("rand", "w7 w8", None, " w9 w10"),
+    ]
+    res = learn_merge(model, tok, ads, "adamerging", calib, granularity="module", steps=4, lr=0.2)
+    merged = res.save(tmp_path / "merged")
+    out = tmp_path / "peft"
+    r = cli.invoke(main, ["export", "peft", str(merged), "-o", str(out), "--base-model-id", "t/l"])
+    assert r.exit_code == 0, r.output
+    peft_model = PeftModel.from_pretrained(hf_model(src), str(out)).eval()
+    ours, theirs = our_logits(mlx_dir, merged), torch_logits(peft_model)
+    assert np.abs(ours - torch_logits(hf_model(src))).max() > 1e-2
+    assert np.abs(ours - theirs).max() <= 1e-4

@@ -61,9 +61,12 @@ def merge(adapters, method, out, into_base, overwrite, as_json, **options) -> No
     learned merges (adamerging, lorahub) and --search also load --model and read --calib.
     """
     learned = {k: options.pop(k) for k in merge_learned.LEARNED_OPTIONS}
+    # Only what this merge needs: the into-base writer pulls in mlx.nn and the fuse
+    # path, numpy comes with the kernels; no mlx_lm, transformers or torch unless the
+    # merge is learned (tests/test_merge_startup.py keeps it so).
     from ..adapter_format import read_adapter
     from ..io import check_output
-    from ..merge import merge_adapters, merge_into_base
+    from ..merge import merge_adapters
 
     check_output(out, overwrite, *adapters, into_base)
     loaded = [read_adapter(a) for a in adapters]
@@ -76,6 +79,8 @@ def merge(adapters, method, out, into_base, overwrite, as_json, **options) -> No
     else:
         res = merge_adapters(loaded, method, output=output, **options)
     if into_base is not None:
+        from ..merge import merge_into_base
+
         card = {"adapters": [str(a) for a in adapters], "merge": res.info}
         merge_into_base(
             into_base,

@@ -154,7 +154,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         methods += [adapter_method(f"adapter:{n}", p, base=identity) for n, p in adapters.items()]
         if cfg.merges and len(adapters) > 1:
             calib = task_calibration(tasks, cfg.data, cfg.calib_examples, seed=cfg.seed)
-            methods += _merge_methods(
+            methods += merge_methods(
                 (model, tok), calib, adapters, tmp / "merged", identity, cfg, timings
             )
         routing_accuracy = {}
@@ -204,7 +204,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     return results
 
 
-def _merge_methods(
+def merge_methods(
     model_tok, calib, adapters: dict[str, Path], where: Path, identity: dict, cfg, timings
 ) -> list[Method]:
     """Every row of `MERGES`, saved under `where`; learned ones fitted on `calib` (validation)."""

