@@ -44,6 +44,8 @@ def _cfg(base, out, **kw):
         train_examples=16,
         iters=2,
         routing=False,
+        learned=False,  # one test below runs them: they add a minute to every demo here
+        calib_examples=2,
         progress=False,
     )
     opts.update(kw)
@@ -51,7 +53,7 @@ def _cfg(base, out, **kw):
 
 
 def test_demo_writes_report_matrix_and_plots_reproducibly(tiny_base, tmp_path):
-    res = run_demo(_cfg(tiny_base, tmp_path / "a", routing=True))
+    res = run_demo(_cfg(tiny_base, tmp_path / "a", routing=True, learned=True))
     out = tmp_path / "a"
     assert {p.name for p in out.iterdir()} >= {
         "report.md",
@@ -98,7 +100,13 @@ def test_demo_writes_report_matrix_and_plots_reproducibly(tiny_base, tmp_path):
         own = saved["scores"][f"adapter:{t}"][t]["score"]
         assert saved["scores"]["route:oracle"][t]["score"] == pytest.approx(own, abs=1e-9)
     assert "## Routing" in report and "(best static merge)" in report
+    learned = {m["name"]: m["learned"] for m in saved["methods"] if "learned" in m}
+    assert set(learned) >= {"merge:adamerging", "merge:adamerging-distill", "merge:ties-search"}
+    for info in learned.values():  # validation prompts, two per task
+        assert info["calibration_examples"] == {"qa": 2, "sentiment": 2}
+    assert "### Learned merges" in report and "| merge:ties-search | 4 (2 tasks) |" in report
 
+    # reproducible (the learned rows' determinism is tests/test_merge_learned.py's)
     again = run_demo(_cfg(tiny_base, tmp_path / "b", routing=True))
 
     def strip(r):
@@ -107,7 +115,7 @@ def test_demo_writes_report_matrix_and_plots_reproducibly(tiny_base, tmp_path):
             for m, row in r["scores"].items()
         }
 
-    assert strip(again) == strip(res)
+    assert strip(again) == {m: row for m, row in strip(res).items() if m in again["scores"]}
 
 
 def test_demo_failure_leaves_no_output(tiny_base, tmp_path):

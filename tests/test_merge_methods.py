@@ -397,6 +397,11 @@ def test_registry_kinds_and_the_demo_line_up():
         ("merge:dare_ties", "dare_ties", {"drop": 0.5}),
         ("merge:adamerging", "adamerging", {"granularity": "layer"}),
         ("merge:lorahub", "lorahub", {}),
+        (
+            "merge:adamerging-distill",
+            "adamerging",
+            {"objective": "distill", "granularity": "module"},
+        ),
         ("merge:task_arithmetic-search", "task_arithmetic", {"search": True}),
         ("merge:ties-search", "ties", {"search": True}),
         ("merge:dare_ties-search", "dare_ties", {"search": True}),

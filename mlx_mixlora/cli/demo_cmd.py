@@ -55,6 +55,9 @@ from ..tasks.phrasing import TRAIN_STYLES
     "template only [default: the recipe's, varied].",
 )
 @click.option("--no-merge", is_flag=True, help="Skip the merge methods.")
+@click.option(
+    "--no-learned", is_flag=True, help="Skip the learned merges and the --search rows."
+)
 @click.option("--no-route", is_flag=True, help="Skip routing.")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output dir.")
@@ -70,6 +73,7 @@ def demo(
     seed,
     prompts,
     no_merge,
+    no_learned,
     no_route,
     no_plots,
     overwrite,
@@ -95,6 +99,7 @@ def demo(
         seed=seed,
         prompts=prompts,
         merges=not no_merge,
+        learned=not no_learned,
         routing=not no_route,
         plots=not no_plots,
         overwrite=overwrite,

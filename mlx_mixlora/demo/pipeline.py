@@ -45,13 +45,19 @@ from .plots import plot_heatmap, plot_retention
 from .report import render_report
 
 # The demo's merge line-up, (label, method, options): the methods `merge.METHODS` gives demo
-# options, in its order (equal weights for fixed ones, see `Method.demo` for "mean"), then
-# each searchable method with its options chosen on the validation split (`--search`).
+# options, in its order (equal weights for fixed ones, see `Method.demo` for "mean"), then a
+# second AdaMerging objective and each searchable method with its options chosen on the
+# validation split (`--search`).
 MERGES: tuple[tuple[str, str, dict], ...] = tuple(
     (f"merge:{name}", name, m.demo)
     for name, m in METHODS.items()
     if name == m.name and m.demo is not None
-) + tuple((f"merge:{name}-search", name, {"search": True}) for name in searchable())
+) + (
+    # AdaMerging's own objective above; here the unlabelled distillation from each prompt's
+    # own adapter with λ per module, the best learned merge on the nano demo
+    ("merge:adamerging-distill", "adamerging", {"objective": "distill", "granularity": "module"}),
+    *((f"merge:{name}-search", name, {"search": True}) for name in searchable()),
+)
 
 
 @dataclass
@@ -69,6 +75,7 @@ class DemoConfig:
     seed: int = 0
     prompts: str | None = None  # style of the training prompts (adapters and gate); None: recipe
     merges: bool = True
+    learned: bool = True  # the learned merges and searches among the merges
     routing: bool = True
     plots: bool = True
     overwrite: bool = False
@@ -212,6 +219,8 @@ def merge_methods(
     n = len(loaded)
     methods = []
     for label, method, opts in MERGES:
+        if not cfg.learned and (METHODS[method].kind == "learned" or opts.get("search")):
+            continue
         kwargs = dict(opts)
         equal = kwargs.pop("weights", "ones")  # 1 each; "mean": 1/n each; None: none given
         t0 = time.perf_counter()
