@@ -55,9 +55,7 @@ from ..tasks.phrasing import TRAIN_STYLES
     "template only [default: the recipe's, varied].",
 )
 @click.option("--no-merge", is_flag=True, help="Skip the merge methods.")
-@click.option(
-    "--no-learned", is_flag=True, help="Skip the learned merges and the --search rows."
-)
+@click.option("--no-learned", is_flag=True, help="Skip the learned merges and the --search rows.")
 @click.option("--no-route", is_flag=True, help="Skip routing.")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output dir.")
