@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", help="demo output dirs (one per seed)")
     ap.add_argument("--eval-examples", type=int, default=100)
     ap.add_argument("--out", default="benchmarks/results/merge_seeds.json")
+    ap.add_argument("--keep", help="dir for each seed's result, reused when present (resumable)")
     args = ap.parse_args()
     base = ensure_nano_base(progress=False)
     model, tok = load(base)
@@ -66,7 +67,13 @@ def main() -> None:
     t0 = time.perf_counter()
     seeds = []
     for run in args.runs:
-        seeds.append(one_seed(Path(run), model, tok, identity, args.eval_examples))
+        kept = Path(args.keep) / (Path(run).resolve().name + ".json") if args.keep else None
+        if kept is not None and kept.is_file():
+            seeds.append(json.loads(kept.read_text()))
+        else:
+            seeds.append(one_seed(Path(run), model, tok, identity, args.eval_examples))
+            if kept is not None:
+                write_json(kept, seeds[-1])
         print(json.dumps({"seed": seeds[-1]["seed"], **seeds[-1]["mean_retention"]}), flush=True)
     methods = list(seeds[0]["mean_retention"])
     summary = {}

@@ -272,3 +272,23 @@ def test_a_learned_merge_exports_to_peft_with_logit_parity(tiny_hf_llama, tmp_pa
     ours, theirs = our_logits(mlx_dir, merged), torch_logits(peft_model)
     assert np.abs(ours - torch_logits(hf_model(src))).max() > 1e-2
     assert np.abs(ours - theirs).max() <= 1e-4
+
+
+def test_each_coefficient_reaches_the_layer_and_module_it_names():
+    model = tiny_model(0)
+    ads = _adapters(model)  # q_proj, v_proj, down_proj at layers 0 and 1
+    lam = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3) / 100
+    paths = sorted({p for a in ads for p in a.module_paths()})
+    for gran, expect in (
+        ("task", lambda layer, t: lam[0, 0]),
+        ("layer", lambda layer, t: lam[layer, 0]),
+        ("module", lambda layer, t: lam[layer, t]),
+    ):
+        table = table_for(ads, gran, 2)
+        assert table.targets == ("q_proj", "v_proj", "down_proj")
+        given = {"task": lam[0, 0], "layer": lam[:, 0], "module": lam}[gran]
+        got = merged_weights(table, mx.array(given), paths)
+        for p in paths:
+            layer, target = int(p.split(".")[2]), p.rsplit(".", 1)[1]
+            t = table.targets.index(target)
+            np.testing.assert_allclose(got[p], expect(layer, t), err_msg=f"{gran} {p}")
