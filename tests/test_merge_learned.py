@@ -292,3 +292,41 @@ def test_each_coefficient_reaches_the_layer_and_module_it_names():
             layer, target = int(p.split(".")[2]), p.rsplit(".", 1)[1]
             t = table.targets.index(target)
             np.testing.assert_allclose(got[p], expect(layer, t), err_msg=f"{gran} {p}")
+
+
+def _dense(ad, path):
+    b, a = ad.factors(path)
+    return np.array(b) @ np.array(a)
+
+
+def test_ties_masks_match_a_numpy_reference_and_keep_a_lone_adapter():
+    from mlx_mixlora.merge.masked import ties_masked
+
+    model = tiny_model(7)
+    ads = _adapters(model, n=2)
+    masked, err = ties_masked(ads, 0.5, rank=64)  # full rank: the masks alone are compared
+    assert err < 1e-5
+    for path in ads[0].module_paths():
+        d = np.stack([_dense(a, path) for a in ads])
+        kept = np.zeros_like(d)
+        for i in range(2):
+            k = int(0.5 * d[i].size)
+            top = np.argsort(-np.abs(d[i]).ravel())[:k]
+            kept[i].flat[top] = d[i].flat[top]
+        elected = np.sign(kept.sum(axis=0))
+        want = np.where(np.sign(kept) == elected, kept, 0.0)
+        for i in range(2):
+            np.testing.assert_allclose(_dense(masked[i], path), want[i], atol=1e-5)
+    (alone,), err = ties_masked(ads[:1], 1.0)  # default rank 2r, nothing trimmed or outvoted
+    assert err < 1e-5
+    for path in ads[0].module_paths():
+        np.testing.assert_allclose(_dense(alone, path), _dense(ads[0], path), atol=1e-5)
+
+
+def test_adamerging_plus_plus_learns_over_the_masked_deltas():
+    model = tiny_model(8)
+    ads = _adapters(model)
+    res = learn_merge(model, TOK, ads, "adamerging", CALIB, steps=3, masks="ties", density=0.3)
+    info = res.info["learned"]
+    assert info["masks"] == "ties" and info["density"] == 0.3 and info["mask_rel_error"] < 0.5
+    assert res.config.rank == 3 * 2 * 4  # three masked adapters at 2r each, side by side

@@ -22,6 +22,7 @@ LEARNED_OPTIONS = (
     "steps",
     "lr",
     "budget",
+    "masks",
     "search",
 )
 
@@ -53,6 +54,8 @@ def options():
                      help="adamerging: Adam learning rate."),
         click.option("--budget", type=COUNT, default=LORAHUB_BUDGET, show_default=True,
                      help="lorahub: evaluations of the merged model."),
+        click.option("--masks", type=click.Choice(["ties"]),
+                     help="adamerging: learn over TIES-masked deltas at --density (AdaMerging++)."),
         click.option("--search", is_flag=True,
                      help="task_arithmetic/ties/dare_ties: choose λ and density/drop on --calib."),
     ]  # fmt: skip
@@ -119,5 +122,6 @@ def learned_merge(
     return learn_merge(
         model, tok, adapters, method, calib, granularity=opts["granularity"],
         objective=opts["objective"], steps=opts["steps"], lr=opts["lr"], budget=opts["budget"],
-        seed=seed or 0, rank=rank, name=name, log=log,
+        seed=seed or 0, rank=rank, name=name, masks=opts["masks"],
+        density=merge_options.get("density"), log=log,
     )  # fmt: skip

@@ -27,6 +27,7 @@ from .calibration import CalibExample
 from .coefficients import merged_weights
 from .engine import MergeResult, check_compatible, merge_adapters
 from .lorahub import DEFAULT_BUDGET, lorahub_weights
+from .masked import ties_masked
 from .methods import get_method
 from .search import search_merge
 
@@ -47,9 +48,14 @@ def learn_merge(
     seed: int = 0,
     rank: int | None = None,
     name: str | None = None,
+    masks: str | None = None,
+    density: float | None = None,
     log: Callable[[str], None] | None = None,
 ) -> MergeResult:
     """Learn the coefficients of `method` (adamerging | lorahub) on `calib`; a linear MergeResult.
+
+    ``masks="ties"`` (AdaMerging++) learns over the adapters' TIES-masked deltas at
+    `density` (default 0.2) instead of the adapters themselves (see `masked`).
 
     AdaMerging's `objective` is ``entropy`` (the paper's) or ``distill`` (KL from each
     prompt's own adapter; also unlabelled); LoraHub always fits the labelled answers.
@@ -60,6 +66,13 @@ def learn_merge(
     check_compatible(adapters)
     if not calib:
         raise MixloraError(f"{method} needs calibration prompts (--calib)")
+    masked_info = {}
+    if masks is not None:
+        if masks != "ties":
+            raise MixloraError(f"masks must be 'ties', got {masks!r}")
+        density = 0.2 if density is None else density
+        adapters, mask_error = ties_masked(adapters, density, seed=seed)
+        masked_info = {"masks": masks, "density": density, "mask_rel_error": mask_error}
     if m.name == "adamerging":
         learned = learn_coefficients(
             model, tokenizer, adapters, calib, granularity, objective, steps, lr, log=log
@@ -74,7 +87,7 @@ def learn_merge(
         rank=rank,
         name=name or m.name,
     )
-    info = {"method": m.name, **learned.info()}
+    info = {"method": m.name, **learned.info(), **masked_info}
     if m.name == "adamerging":
         info["objective"] = objective
     res.method = m.name

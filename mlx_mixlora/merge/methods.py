@@ -148,7 +148,8 @@ _TABLE = (
     Method("magnitude_prune", "dense", "trim each ΔWᵢ, then Σ wᵢ", combine=magnitude_prune,
            needs=("density",), peft="magnitude_prune_svd"),
     Method("adamerging", "learned", "λ per adapter (× layer × module: --granularity) minimising "
-           "prediction entropy on unlabelled --calib prompts (AdaMerging), written as linear",
+           "prediction entropy on unlabelled --calib prompts (AdaMerging; --masks ties: over TIES-masked "
+           "deltas, AdaMerging++), written as linear",
            demo={"granularity": "layer"}),
     Method("lorahub", "learned", "one weight per adapter by CMA-ES on a few labelled --calib "
            "examples, loss + 0.05·Σ|wᵢ| (LoraHub), written as linear", demo={}),
