@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 from mlx_mixlora.bench.env import load_average, machine_record, versions
-from mlx_mixlora.bench.gemm import gemm_share, train_step_gemms
+from mlx_mixlora.bench.gemm import gemm_share, mlx_seconds, train_step_gemms
 from mlx_mixlora.bench.process import peer_env, run_json
 from mlx_mixlora.bench.spec import TARGETS, TINYLLAMA, Sizes, random_model
 from mlx_mixlora.io import write_json
@@ -98,12 +98,10 @@ def work(peer: str, model_dir: Path, data: dict, workload: str) -> dict:
     out = getattr(mod, fn)(model_dir, data, workload, LORA, **kw)
     if workload == "a" and peer in GEMM_PEERS and out.get("timed_steps"):
         gemms = train_step_gemms(MODEL_CFG, 4, len(data["a"][0]) - 1)
-        timer = (
-            mod
-            if module == "torch_backend"
-            else importlib.import_module("mlx_mixlora.bench.mlx_backend")
-        )
-        seconds = timer.gemm_seconds(gemms, **kw)
+        if module == "torch_backend":
+            seconds = mod.gemm_seconds(gemms, **kw)
+        else:
+            seconds = mlx_seconds(gemms)
         out["gemm"] = gemm_share(gemms, seconds, out["timed_seconds"] / out["timed_steps"])
     return out
 
