@@ -24,7 +24,9 @@ the report shows how much of the lead is that setting.
 The GEMM share: after (a), each of ours, mlx_lm and torch_peft times the step's
 matrix products (`bench.gemm.train_step_gemms`: base and LM-head products forward and
 input-gradient, attention both ways; ~631 GFLOP) one by one in its own framework
-and BLAS, at the whole batch and all threads. A step's `non_gemm_seconds` is its
+and BLAS, as its trainer runs them (torch and mlx-lm: the whole batch, every
+thread; ours: half the batch on each of 2 CPU streams, one BLAS thread each, as
+`train.parallel` does). A step's `non_gemm_seconds` is its
 mean timed step minus that GEMM time: what carries over to a CPU whose BLAS is as
 fast but whose elementwise code is not.
 
@@ -98,10 +100,16 @@ def work(peer: str, model_dir: Path, data: dict, workload: str) -> dict:
     out = getattr(mod, fn)(model_dir, data, workload, LORA, **kw)
     if workload == "a" and peer in GEMM_PEERS and out.get("timed_steps"):
         gemms = train_step_gemms(MODEL_CFG, 4, len(data["a"][0]) - 1)
+        streams = 1  # as each trainer runs them: ours splits the batch over CPU streams
         if module == "torch_backend":
             seconds = mod.gemm_seconds(gemms, **kw)
         else:
-            seconds = mlx_seconds(gemms)
+            if peer == "ours":
+                from mlx_mixlora.train.parallel import default_streams
+
+                streams = default_streams()
+            seconds = mlx_seconds(gemms, streams)
+        out["gemm_streams"] = streams
         out["gemm"] = gemm_share(gemms, seconds, out["timed_seconds"] / out["timed_steps"])
     return out
 

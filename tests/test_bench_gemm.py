@@ -62,9 +62,27 @@ def test_time_gemms_times_each_distinct_shape_once():
     assert len(built) == len(set(built)) < len(gemms)  # q/o and their grads share shapes
 
 
-def test_each_product_runs_with_the_listed_layout_in_mlx():
-    for ta, tb in itertools.product([False, True], repeat=2):
-        g = dict(name="x", m=3, n=5, k=7, ta=ta, tb=tb, batch=2, count=1)
-        mlx_product(g)()  # a layout mismatch raises here
-        g1 = dict(g, batch=1)
-        mlx_product(g1)()
+def test_each_product_runs_with_the_listed_layout_in_mlx_on_one_or_two_streams():
+    for ta, tb, batch, streams in itertools.product([False, True], [False, True], [1, 4], [1, 2]):
+        g = dict(name="x", m=6, n=5, k=7, ta=ta, tb=tb, batch=batch, count=1)
+        mlx_product(g, streams)()  # a layout mismatch raises here
+
+
+def test_split_products_do_the_same_work():
+    """Two streams: each gets half the rows (or half the batch), so the FLOPs are the step's."""
+    import mlx.core as mx
+
+    captured = []
+    real = mx.matmul
+
+    def spy(a, b, **kw):
+        captured.append((a.shape, b.shape))
+        return real(a, b, **kw)
+
+    mx.matmul = spy
+    try:
+        mlx_product(dict(name="x", m=8, n=5, k=7, ta=False, tb=True, batch=1, count=1), 2)()
+        mlx_product(dict(name="y", m=8, n=5, k=7, ta=True, tb=False, batch=4, count=1), 2)()
+    finally:
+        mx.matmul = real
+    assert captured == [((4, 7), (7, 5))] * 2 + [((2, 8, 7), (2, 7, 5))] * 2

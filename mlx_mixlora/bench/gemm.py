@@ -94,18 +94,42 @@ def time_gemms(gemms: list[dict], product: Callable[[dict], Callable[[], object]
     return out
 
 
-def mlx_product(g: dict):
-    """A `time_gemms` thunk: one fp32 product of entry `g` on MLX's default device."""
+def mlx_product(g: dict, streams: int = 1):
+    """A `time_gemms` thunk: entry `g` on MLX's CPU as a step with `streams` CPU streams runs it.
+
+    With several streams (our trainer's split step, `train.parallel`) each stream
+    multiplies its share of the rows (of the batch, for attention) by the shared
+    operand, all at once; the caller sets OpenBLAS to one thread, as the trainer does.
+    """
     import mlx.core as mx
 
-    lead = (g["batch"],) if g["batch"] > 1 else ()
-    a = mx.random.normal((*lead, *((g["k"], g["m"]) if g["ta"] else (g["m"], g["k"]))))
-    b = mx.random.normal((*lead, *((g["n"], g["k"]) if g["tb"] else (g["k"], g["n"]))))
-    mx.eval(a, b)
-    a, b = (a.swapaxes(-1, -2) if g["ta"] else a), (b.swapaxes(-1, -2) if g["tb"] else b)
-    return lambda: mx.eval(a @ b)
+    split_batch = g["batch"] > 1
+    lead = (g["batch"] // streams,) if split_batch else ()
+    m = g["m"] if split_batch else g["m"] // streams
+
+    def operand(rows, cols, transposed, batch=lead):
+        x = mx.random.normal((*batch, *((cols, rows) if transposed else (rows, cols))))
+        mx.eval(x)
+        return x.swapaxes(-1, -2) if transposed else x
+
+    a = [operand(m, g["k"], g["ta"]) for _ in range(streams)]
+    shared = operand(g["k"], g["n"], g["tb"], lead if split_batch else ())
+    b = [operand(g["k"], g["n"], g["tb"]) if split_batch else shared for _ in range(streams)]
+    if streams == 1:
+        return lambda: mx.eval(a[0] @ b[0])
+    cpu = [mx.new_stream(mx.cpu) for _ in range(streams)]
+    return lambda: mx.eval(*(mx.matmul(x, y, stream=s) for x, y, s in zip(a, b, cpu, strict=True)))
 
 
-def mlx_seconds(gemms: list[dict]) -> list[float]:
-    """Seconds of one call of each of `gemms` with MLX (import mlx_mixlora first: the BLAS)."""
-    return time_gemms(gemms, mlx_product)
+def mlx_seconds(gemms: list[dict], streams: int = 1) -> list[float]:
+    """Seconds of one call of each of `gemms` with MLX (import mlx_mixlora first: the BLAS).
+
+    `streams` > 1: split over that many CPU streams with one OpenBLAS thread each,
+    the way our trainer's step runs them.
+    """
+    if streams == 1:
+        return time_gemms(gemms, mlx_product)
+    from ..train.parallel import blas_threads
+
+    with blas_threads(1):
+        return time_gemms(gemms, lambda g: mlx_product(g, streams))
