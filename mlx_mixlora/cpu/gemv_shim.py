@@ -152,7 +152,13 @@ def install(blas: ctypes.CDLL, prefix: str = "", forward_only: bool = False) -> 
         return False
     try:
         path = build(cc)
-        lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        try:
+            lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            if path.exists():
+                raise
+            # a process running another version of this source removed our build meanwhile
+            lib = ctypes.CDLL(str(build(cc)), mode=ctypes.RTLD_GLOBAL)
     except (OSError, subprocess.CalledProcessError) as e:
         detail = (getattr(e, "stderr", "") or str(e)).strip().splitlines() or [type(e).__name__]
         _state["reason"] = f"build or load failed: {detail[-1]}"
