@@ -21,7 +21,19 @@ anything). Importing mlx_mixlora also raises glibc's mmap threshold (see
 buffers; `PEER+heap` (e.g. mlx_lm+heap) runs a peer with that setting too, so
 the report shows how much of the lead is that setting.
 
+The GEMM share: after (a), each of ours, mlx_lm and torch_peft times the step's
+matrix products (`bench.gemm.train_step_gemms`: base and LM-head products forward and
+input-gradient, attention both ways; ~631 GFLOP) one by one in its own framework
+and BLAS, as its trainer runs them (torch and mlx-lm: the whole batch, every
+thread; ours: half the batch on each of 2 CPU streams, one BLAS thread each, as
+`train.parallel` does). A step's `non_gemm_seconds` is its
+mean timed step minus that GEMM time: what carries over to a CPU whose BLAS is as
+fast but whose elementwise code is not.
+
     python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
+
+`PEER@BLAS` (e.g. `--peers-a ours,ours@system`) runs an MLX peer with MIXLORA_BLAS=BLAS,
+interleaved with the others, so `speedup_vs_ours@system` is the wheel ÷ Debian's OpenBLAS.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ import time
 from pathlib import Path
 
 from mlx_mixlora.bench.env import load_average, machine_record, versions
+from mlx_mixlora.bench.gemm import gemm_share, mlx_seconds, train_step_gemms
 from mlx_mixlora.bench.process import peer_env, run_json
 from mlx_mixlora.bench.spec import TARGETS, TINYLLAMA, Sizes, random_model
 from mlx_mixlora.io import write_json
@@ -74,21 +87,41 @@ WORKERS = {  # peer -> (backend module, trainer, extra arguments)
     "torch_peft": ("torch_backend", "train_peft", {}),
 }
 HEAP = "+heap"  # suffix: run the peer with our glibc heap setting too
+BLAS_AT = "@"  # suffix: ours@system runs ours with MIXLORA_BLAS=system (vs the default choice)
+GEMM_PEERS = ("ours", "mlx_lm", "torch_peft")  # (a) only: also time the step's GEMMs alone
 
 
 def work(peer: str, model_dir: Path, data: dict, workload: str) -> dict:
+    peer = peer.split(BLAS_AT)[0]
     module, fn, kw = WORKERS[peer.removesuffix(HEAP)]
     mod = importlib.import_module(f"mlx_mixlora.bench.{module}")
     if module == "torch_backend":
         kw = {"device": mod.best_device()}
-    return getattr(mod, fn)(model_dir, data, workload, LORA, **kw)
+    out = getattr(mod, fn)(model_dir, data, workload, LORA, **kw)
+    if workload == "a" and peer in GEMM_PEERS and out.get("timed_steps"):
+        gemms = train_step_gemms(MODEL_CFG, 4, len(data["a"][0]) - 1)
+        streams = 1  # as each trainer runs them: ours splits the batch over CPU streams
+        if module == "torch_backend":
+            seconds = mod.gemm_seconds(gemms, **kw)
+        else:
+            if peer == "ours":
+                from mlx_mixlora.train.parallel import default_streams
+
+                streams = default_streams()
+            seconds = mlx_seconds(gemms, streams)
+        out["gemm_streams"] = streams
+        out["gemm"] = gemm_share(gemms, seconds, out["timed_seconds"] / out["timed_steps"])
+    return out
 
 
 def run_worker(peer: str, workload: str, model_dir: Path, data: Path, tmp: Path) -> dict:
     result = tmp / f"{peer}-{workload}.json"
     cmd = [sys.executable, __file__, "--worker", peer, "--workload", workload, "--model-dir", str(model_dir),
            "--data", str(data), "--result", str(result)]  # fmt: skip
-    env = peer_env(peer.startswith("ours"), peer.startswith("torch_peft"), peer.endswith(HEAP))
+    name, _, blas = peer.partition(BLAS_AT)
+    env = peer_env(name.startswith("ours"), name.startswith("torch_peft"), name.endswith(HEAP))
+    if blas:
+        env["MIXLORA_BLAS"] = blas
     out, wall = run_json(cmd, result, env)
     if "error" not in out:
         out["wall_seconds"] = round(wall, 1)
@@ -98,6 +131,24 @@ def run_worker(peer: str, workload: str, model_dir: Path, data: Path, tmp: Path)
 def paired_ratios(ours: list[dict], peer: list[dict], key: str) -> list[float]:
     """ours ÷ peer of `key`, round by round, over the rounds where both have it."""
     return [o[key] / r[key] for o, r in zip(ours, peer, strict=True) if o.get(key) and r.get(key)]
+
+
+def non_gemm_summary(runs: dict[str, list[dict]]) -> dict:
+    """Per peer: median non-GEMM seconds and share of a step, and the GEMM rate it measured."""
+    out = {}
+    for peer, rs in runs.items():
+        gs = [r["gemm"] for r in rs if "gemm" in r]
+        if gs:
+            out[peer] = {
+                key: round(statistics.median(g[key] for g in gs), 3)
+                for key in ("step_seconds", "gemm_seconds_per_step", "gemm_gflops_measured",
+                            "non_gemm_seconds", "non_gemm_share")
+            }  # fmt: skip
+    if "ours" in out and "torch_peft" in out:
+        out["ours_share_le_torch_share"] = (
+            out["ours"]["non_gemm_share"] <= out["torch_peft"]["non_gemm_share"]
+        )
+    return out
 
 
 def main() -> None:
@@ -146,7 +197,7 @@ def main() -> None:
                     )
             results[w] = {p: (rs[0] if len(rs) == 1 else {"rounds": rs}) for p, rs in runs.items()}
             for peer in peers:
-                if peer.startswith("ours") or "ours" not in runs:
+                if peer == "ours" or "ours" not in runs:
                     continue
                 ratios = paired_ratios(runs["ours"], runs[peer], "tokens_per_second")
                 if ratios:
@@ -156,6 +207,9 @@ def main() -> None:
                 cpu = paired_ratios(runs["ours"], runs[peer], "tokens_per_cpu_second")
                 if cpu:
                     results[w][f"cpu_efficiency_vs_{peer}"] = round(statistics.median(cpu), 3)
+            shares = non_gemm_summary(runs)
+            if shares:
+                results[w]["non_gemm"] = shares
         load_after = load_average()
 
     from mlx_mixlora.cpu.blas import blas_status
@@ -182,7 +236,11 @@ def main() -> None:
             "a": f"uniform LM, batch 4 x 256, loss on every token, {args.steps_a} steps (first untimed)",
             "b": f"{args.examples_b} prompt-masked examples (prompt 60-400, answer 1-10 tokens), one epoch",
         },
-        "targets": {"a": "ours >= 1.4x mlx_lm and >= 1.2x torch_peft", "b": "ours >= 2x mlx_lm"},
+        "targets": {
+            "a": "ours >= 1.4x mlx_lm and >= 1.2x torch_peft; ours' non-GEMM share of a step "
+            "<= torch_peft's (results.a.non_gemm)",
+            "b": "ours >= 2x mlx_lm",
+        },
         "peers": "as they ship (MLX peers: with the OpenBLAS preload); PEER+heap: also with "
         "mlx_mixlora's glibc heap setting (MIXLORA_NO_MALLOC_TUNING unset)",
         "rounds": args.rounds,

@@ -264,15 +264,15 @@ def test_run_json_reads_the_answer_and_never_a_stale_one(tmp_path):
 def test_peers_run_as_they_ship(monkeypatch):
     from mlx_mixlora.bench.process import peer_env
 
-    monkeypatch.delenv("MIXLORA_NO_OPENBLAS", raising=False)
+    monkeypatch.delenv("MIXLORA_BLAS", raising=False)
     monkeypatch.delenv("MIXLORA_NO_MALLOC_TUNING", raising=False)
     ours, torch, mlx_lm_heap = (
         peer_env(True),
         peer_env(False, torch=True),
         peer_env(False, heap=True),
     )
-    assert "MIXLORA_NO_MALLOC_TUNING" not in ours and "MIXLORA_NO_OPENBLAS" not in ours
-    assert torch["MIXLORA_NO_OPENBLAS"] == "1" and torch["MIXLORA_NO_MALLOC_TUNING"] == "1"
+    assert "MIXLORA_NO_MALLOC_TUNING" not in ours and "MIXLORA_BLAS" not in ours
+    assert torch["MIXLORA_BLAS"] == "reference" and torch["MIXLORA_NO_MALLOC_TUNING"] == "1"
     assert "MIXLORA_NO_MALLOC_TUNING" not in mlx_lm_heap
 
 

@@ -1,7 +1,9 @@
-"""The sgemm → sgemv shim (Linux): every one-row/one-column MLX matmul goes through it, exactly."""
+"""The sgemm → sgemv shim (Linux): every one-row/one-column MLX matmul goes through it, exactly,
+in front of each OpenBLAS that is installed (the scipy-openblas32 wheel, the system library)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -11,7 +13,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_mixlora.cpu.blas import blas_status
+from mlx_mixlora.cpu.blas import OPENBLAS_SONAME, WHEEL_PREFIX, blas_status, wheel_library
 from mlx_mixlora.cpu.gemv_shim import build, gemv_calls, shim_status
 
 pytestmark = pytest.mark.skipif(
@@ -96,10 +98,34 @@ def test_real_matrix_products_are_left_to_sgemm():
     assert gemv_calls() == before
 
 
+def _installed_blas() -> dict[str, tuple[str, str] | str]:
+    """name -> (library, symbol prefix) for each OpenBLAS installed here, else why it is absent."""
+    found: dict[str, tuple[str, str] | str] = {}
+    wheel = wheel_library()
+    found["scipy-openblas"] = (
+        (str(wheel), WHEEL_PREFIX) if wheel else "the scipy-openblas32 wheel is not installed"
+    )
+    try:
+        ctypes.CDLL(OPENBLAS_SONAME)
+        found["system"] = (OPENBLAS_SONAME, "")
+    except OSError:
+        found["system"] = f"{OPENBLAS_SONAME} (system OpenBLAS) is not installed"
+    return found
+
+
+INSTALLED = _installed_blas()
+EACH_BLAS = [
+    pytest.param(name, marks=[] if isinstance(v, tuple) else pytest.mark.skip(reason=v))
+    for name, v in INSTALLED.items()
+]
+
+
 def _status_in_subprocess(**env) -> str:
     code = (
         "import mlx_mixlora, mlx.core as mx; from mlx_mixlora.cpu.gemv_shim import shim_status;"
-        "x = mx.ones((1, 8)) @ mx.ones((8, 3)); print(shim_status()['reason'], x.sum().item())"
+        "from mlx_mixlora.cpu.blas import blas_status;"
+        "x = mx.ones((1, 8)) @ mx.ones((8, 3)); y = mx.ones((5, 8)) @ mx.ones((8, 3));"
+        "print(shim_status()['reason'], blas_status()['name'], x.sum().item(), y.sum().item())"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -112,12 +138,24 @@ def _status_in_subprocess(**env) -> str:
     return out.stdout.strip()
 
 
-def test_off_switch_and_missing_compiler_leave_plain_openblas():
+@pytest.mark.skipif(isinstance(INSTALLED["system"], str), reason="needs the system OpenBLAS")
+def test_off_switch_and_missing_compiler_leave_plain_system_openblas():
     assert (
-        _status_in_subprocess(MIXLORA_NO_GEMV_SHIM="1") == "disabled by MIXLORA_NO_GEMV_SHIM=1 24.0"
+        _status_in_subprocess(MIXLORA_BLAS="system", MIXLORA_NO_GEMV_SHIM="1")
+        == "disabled by MIXLORA_NO_GEMV_SHIM=1 system 24.0 120.0"
     )
-    out = _status_in_subprocess(CC="/nonexistent/cc")
-    assert out.startswith("no C compiler") and out.endswith(" 24.0")
+    out = _status_in_subprocess(MIXLORA_BLAS="system", CC="/nonexistent/cc")
+    assert out.startswith("no C compiler") and out.endswith(" system 24.0 120.0")
+
+
+@pytest.mark.skipif(
+    isinstance(INSTALLED["scipy-openblas"], str) or shutil.which("cc") is None,
+    reason="needs the scipy-openblas32 wheel and a C compiler",
+)
+def test_off_switch_keeps_the_forwarding_to_the_wheel():
+    """Without the shim MLX cannot reach the prefixed wheel at all, so only the GEMV part turns off."""
+    out = _status_in_subprocess(MIXLORA_BLAS="scipy-openblas", MIXLORA_NO_GEMV_SHIM="1")
+    assert out == "disabled by MIXLORA_NO_GEMV_SHIM=1 (forwarding only) scipy-openblas 24.0 120.0"
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
@@ -153,16 +191,36 @@ def _sgemm(fn, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
     )
 
 
-@pytest.mark.skipif(not _expect_active(), reason="needs the shim active")
+@pytest.fixture(scope="module", params=EACH_BLAS)
+def shim_and_blas(request, tmp_path_factory):
+    """(a private copy of the shim pointed at one BLAS, that BLAS's own cblas_sgemm)."""
+    if shutil.which("cc") is None:
+        pytest.skip("needs a C compiler to build the shim")
+    library, prefix = INSTALLED[request.param]
+    blas = ctypes.CDLL(library)
+    copy = tmp_path_factory.mktemp(request.param) / "shim.so"
+    shutil.copy(build(["cc"]), copy)  # its own copy: its own function pointers and call count
+    shim = ctypes.CDLL(str(copy), mode=ctypes.RTLD_LOCAL)
+    shim.mixlora_gemv_shim_init.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int]
+    shim.mixlora_gemv_shim_init(
+        *(
+            ctypes.cast(getattr(blas, f"{prefix}cblas_{n}"), ctypes.c_void_p)
+            for n in ("sgemm", "sgemv", "dgemm", "cgemm")
+        ),
+        1,
+    )
+    shim.mixlora_gemv_shim_calls.restype = ctypes.c_longlong
+    return shim, getattr(blas, f"{prefix}cblas_sgemm")
+
+
 @pytest.mark.parametrize("ta", [111, 112])
 @pytest.mark.parametrize("tb", [111, 112])
-@pytest.mark.parametrize("m,n", [(1, 7), (6, 1), (1, 1)])
-def test_shim_equals_openblas_sgemm_for_every_layout_and_leading_dimension(ta, tb, m, n):
+@pytest.mark.parametrize("m,n", [(1, 7), (6, 1), (1, 1), (4, 6)])
+def test_shim_equals_the_blas_sgemm_for_every_layout_and_leading_dimension(
+    shim_and_blas, ta, tb, m, n
+):
     """Called directly, with padded leading dimensions MLX never passes (it copies first)."""
-    import ctypes
-
-    shim = ctypes.CDLL(shim_status()["path"]).cblas_sgemm
-    real = ctypes.CDLL(blas_status()["path"]).cblas_sgemm
+    shim, real = shim_and_blas
     k, pad = 5, 3
     rng = np.random.default_rng(m * 100 + n + ta + 2 * tb)
     a_rows, a_cols = (m, k) if ta == 111 else (k, m)
@@ -173,15 +231,81 @@ def test_shim_equals_openblas_sgemm_for_every_layout_and_leading_dimension(ta, t
     want, got = c0.copy(), c0.copy()
     args = (ta, tb, m, n, k, 0.75, a, a_cols + pad, b, b_cols + pad, -1.5)
     _sgemm(real, *args, want, n + pad)
-    before = gemv_calls()
-    _sgemm(shim, *args, got, n + pad)
-    assert gemv_calls() == before + 1
+    before = shim.mixlora_gemv_shim_calls()
+    _sgemm(shim.cblas_sgemm, *args, got, n + pad)
+    assert shim.mixlora_gemv_shim_calls() == before + (m == 1 or n == 1)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)  # padding untouched as well
+    op_a = a[:, :a_cols].astype(np.float64)
+    op_b = b[:, :b_cols].astype(np.float64)
+    op_a, op_b = (op_a if ta == 111 else op_a.T), (op_b if tb == 111 else op_b.T)
+    exact = -1.5 * c0[:, :n].astype(np.float64) + 0.75 * op_a @ op_b
+    np.testing.assert_allclose(got[:, :n], exact, rtol=1e-5, atol=1e-5)
+
+
+def test_double_and_complex_products_are_forwarded_too(shim_and_blas):
+    shim, _ = shim_and_blas
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((3, 4)), rng.standard_normal((4, 2))
+    c = np.zeros((3, 2))
+    d, i = ctypes.c_double, ctypes.c_int
+    shim.cblas_dgemm.argtypes = [i] * 6 + [d, ctypes.c_void_p, i, ctypes.c_void_p, i, d]
+    shim.cblas_dgemm.argtypes += [ctypes.c_void_p, i]
+    shim.cblas_dgemm(101, 111, 111, 3, 2, 4, 1.0, a.ctypes.data, 4, b.ctypes.data, 2, 0.0,
+                     c.ctypes.data, 2)  # fmt: skip
+    np.testing.assert_allclose(c, a @ b, rtol=1e-12)
+    za = (a + 1j * a[::-1]).astype(np.complex64)
+    zb = (b - 2j * b).astype(np.complex64)
+    zc = np.zeros((3, 2), np.complex64)
+    one, zero = np.array([1 + 0j], np.complex64), np.array([0j], np.complex64)
+    shim.cblas_cgemm(101, 111, 111, 3, 2, 4, ctypes.c_void_p(one.ctypes.data),
+                     ctypes.c_void_p(za.ctypes.data), 4, ctypes.c_void_p(zb.ctypes.data), 2,
+                     ctypes.c_void_p(zero.ctypes.data), ctypes.c_void_p(zc.ctypes.data), 2)  # fmt: skip
+    np.testing.assert_allclose(zc, za.astype(np.complex128) @ zb, rtol=1e-5, atol=1e-5)
+
+
+MLX_PRODUCTS = """
+import mlx_mixlora, mlx.core as mx, numpy as np
+from mlx_mixlora.cpu.blas import blas_status
+from mlx_mixlora.cpu.gemv_shim import gemv_calls
+r = lambda *s, seed: mx.random.normal(s, key=mx.random.key(seed))
+f = lambda x: np.array(x, dtype=np.float64)
+W, X, A = r(48, 40, seed=1), r(1, 40, seed=2), r(40, 5, seed=3)
+cases = [(X @ W.T, f(X) @ f(W).T), (W @ A[:, 2:3], f(W) @ f(A)[:, 2:3]),
+         (A[:, 3:4].T @ W.T, f(A)[:, 3:4].T @ f(W).T), (r(7, 40, seed=4) @ W.T, f(r(7, 40, seed=4)) @ f(W).T),
+         (W.T @ r(48, 9, seed=5), f(W).T @ f(r(48, 9, seed=5)))]
+err = max(float(np.abs(np.array(g) - w).max()) for g, w in cases)
+with mx.stream(mx.cpu):  # float64 goes through cblas_dgemm
+    d = mx.array(f(W), dtype=mx.float64) @ mx.array(f(A), dtype=mx.float64)
+    err = max(err, float(np.abs(np.array(d) - f(W) @ f(A)).max()))
+print(blas_status()["name"], gemv_calls(), err < 1e-4)
+"""
+
+
+@pytest.mark.parametrize("name", EACH_BLAS)
+def test_mlx_matmuls_are_exact_with_each_installed_blas(name):
+    out = subprocess.run(
+        [sys.executable, "-c", MLX_PRODUCTS],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MIXLORA_BLAS": name},
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    used, calls, exact = out.stdout.split()
+    assert used == name and exact == "True"
+    if shutil.which("cc"):
+        assert calls == "3"  # the three one-row/one-column products went to sgemv
 
 
 def test_a_compiler_that_fails_leaves_plain_openblas_and_says_why(tmp_path):
     cc = tmp_path / "cc"
     cc.write_text("#!/bin/sh\necho 'cc: fatal error: no space left' >&2\nexit 1\n")
     cc.chmod(0o755)
-    out = _status_in_subprocess(CC=str(cc), MIXLORA_CACHE=str(tmp_path / "cache"))
-    assert out == "build or load failed: cc: fatal error: no space left 24.0"
+    env = {"CC": str(cc), "MIXLORA_CACHE": str(tmp_path / "cache")}
+    if not isinstance(INSTALLED["system"], str):
+        out = _status_in_subprocess(MIXLORA_BLAS="system", **env)
+        assert out == "build or load failed: cc: fatal error: no space left system 24.0 120.0"
+    # auto: the wheel needs the shim, so the system library (or MLX's own) is next
+    fallback = "reference" if isinstance(INSTALLED["system"], str) else "system"
+    out = _status_in_subprocess(**env)
+    assert out.endswith(f"{fallback} 24.0 120.0")

@@ -22,7 +22,7 @@ def peer_env(ours: bool, torch: bool = False, heap: bool = False) -> dict[str, s
     """
     env = dict(os.environ)
     if torch:
-        env["MIXLORA_NO_OPENBLAS"] = "1"
+        env["MIXLORA_BLAS"] = "reference"
     if not ours and not heap:
         env["MIXLORA_NO_MALLOC_TUNING"] = "1"
     return env

@@ -21,6 +21,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from .gemm import time_gemms
 from .rows import row, train_row
 from .spec import BENCH_MERGES, MERGE_CASES, MERGE_WEIGHTS, TARGETS, BenchSpec, Sizes
 from .timing import max_rss_gb, repeat, train_summary
@@ -159,6 +160,26 @@ def train_peft(model_dir: str | Path, data: dict, workload: str = "a", sizes: Si
         config={"batch_size": 4, "threads": threads, "device": device},
     )
     return out
+
+
+def gemm_seconds(gemms: list[dict], device: str = "cpu") -> list[float]:
+    """Seconds of one call of each of `gemms` (see `gemm.train_step_gemms`) with torch, fp32."""
+    setup_threads()
+
+    def product(g: dict):
+        lead = (g["batch"],) if g["batch"] > 1 else ()
+        a = torch.randn(*lead, *((g["k"], g["m"]) if g["ta"] else (g["m"], g["k"])), device=device)
+        b = torch.randn(*lead, *((g["n"], g["k"]) if g["tb"] else (g["k"], g["n"])), device=device)
+        a, b = (a.transpose(-1, -2) if g["ta"] else a), (b.transpose(-1, -2) if g["tb"] else b)
+
+        def run():
+            with torch.no_grad():
+                torch.matmul(a, b)
+            sync(device)
+
+        return run
+
+    return time_gemms(gemms, product)
 
 
 def decode_tps(model, ids: torch.Tensor, n: int, device: str) -> float:

@@ -17,6 +17,7 @@ import sys
 
 import click
 
+from ..cpu.blas import config_error
 from ..errors import MixloraError, one_line
 from ..identity import FORCE_ENV
 from ..validate import env_flag
@@ -104,5 +105,8 @@ def _fail(message: str, code: int) -> None:
 )
 def main(debug: bool, force: bool) -> None:
     """mlx-mixlora: train, merge, route and export LoRA adapters on MLX."""
+    blas_error = config_error()  # a bad MIXLORA_BLAS, found when the package was imported
+    if blas_error:
+        raise MixloraError(blas_error)
     if force:  # read by identity.check_same_base, wherever a command checks an adapter's base
         os.environ[FORCE_ENV] = "1"

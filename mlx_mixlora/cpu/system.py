@@ -18,11 +18,12 @@ from .heap import malloc_status
 
 
 def blas_in_use() -> str:
-    """Name the BLAS behind MLX's CPU matmuls."""
+    """Name the BLAS behind MLX's CPU matmuls: which library, its kernels, the GEMV shim."""
     if sys.platform == "darwin":
         return "Accelerate (macOS)"
     status = blas_status()
     if status["loaded"]:
+        version = f" {status['version']}" if status["version"] else ""
         core = (
             f", {status['core']} kernels chosen by {status['core_chosen_by']}"
             if status["core"]
@@ -30,8 +31,21 @@ def blas_in_use() -> str:
         )
         shim = shim_status()
         gemv = "GEMV shim on" if shim["active"] else f"GEMV shim off: {shim['reason']}"
-        return f"OpenBLAS ({status['path']}{core}; {gemv})"
-    return f"reference BLAS from the mlx wheel ({status['reason']}; fix: {INSTALL_HINT})"
+        return f"OpenBLAS{version} [{status['name']}] ({status['path']}{core}; {gemv})"
+    return "reference BLAS from the mlx wheel [reference]"
+
+
+def blas_why() -> str:
+    """Why that BLAS: first choice, forced by MIXLORA_BLAS, or what was missing."""
+    if sys.platform == "darwin":
+        return "macOS: MLX links Accelerate"
+    status = blas_status()
+    if status["loaded"]:
+        return str(status["why"])
+    reason = str(status["reason"])
+    if reason.startswith("chosen by"):
+        return reason
+    return f"{reason}; fix: {INSTALL_HINT}"
 
 
 def heap_in_use() -> str:
@@ -83,6 +97,7 @@ def system_report(gemm_size: int = 1024) -> dict:
         "processor": platform.processor() or platform.machine(),
         "device": device_name(),
         "blas": blas_in_use(),
+        "blas_why": blas_why(),
         "heap": heap_in_use(),
         "gemm_fp32_gflops": round(gemm_gflops(gemm_size), 1),
         "gemv_fp32_gb_s": round(gemv_gbs(), 1),

@@ -12,7 +12,6 @@ combined, weighted by target counts, outside.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 from collections.abc import Iterator
 from functools import partial
 
@@ -20,25 +19,20 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
 
-from ..cpu.blas import OPENBLAS_SONAME, blas_status
+from ..cpu import blas
 
 
 @contextlib.contextmanager
 def blas_threads(n: int) -> Iterator[None]:
-    """Temporarily set OpenBLAS's thread count (no-op when OpenBLAS is not loaded)."""
-    lib = None
-    if blas_status().get("loaded"):
-        try:
-            lib = ctypes.CDLL(OPENBLAS_SONAME)
-            old = int(lib.openblas_get_num_threads())
-            lib.openblas_set_num_threads(int(n))
-        except (OSError, AttributeError):
-            lib = None
+    """Temporarily set OpenBLAS's thread count (no-op when no OpenBLAS is loaded)."""
+    old = blas.get_num_threads()
+    if old is not None:
+        blas.set_num_threads(n)
     try:
         yield
     finally:
-        if lib is not None:
-            lib.openblas_set_num_threads(old)
+        if old is not None:
+            blas.set_num_threads(old)
 
 
 def default_streams() -> int:
