@@ -222,6 +222,8 @@ def merge_methods(
         if not cfg.learned and (METHODS[method].kind == "learned" or opts.get("search")):
             continue
         kwargs = dict(opts)
+        if METHODS[method].kind == "learned" or opts.get("search"):
+            _log(cfg, f"{label}: learning on {len(calib)} validation prompts")
         equal = kwargs.pop("weights", "ones")  # 1 each; "mean": 1/n each; None: none given
         t0 = time.perf_counter()
         if kwargs.pop("search", False):
