@@ -54,12 +54,34 @@ def one_seed(run: Path, model, tok, identity: dict, n_eval: int) -> dict:
     }
 
 
+def markdown(report: dict) -> str:
+    """The summary as the README's table: mean retention per seed, mean (min-max), rank per seed."""
+    seeds = [s["seed"] for s in report["seeds"]]
+    rows = sorted(report["summary"].items(), key=lambda kv: -kv[1]["mean"])
+    lines = [
+        "| merge | "
+        + " | ".join(f"seed {s}" for s in seeds)
+        + " | mean (min-max) | rank per seed |",
+        "|---|" + "---|" * (len(seeds) + 2),
+    ]
+    for name, r in rows:
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{v:.2f}" for v in r["per_seed"])
+            + f" | {r['mean']:.2f} ({r['min']:.2f}-{r['max']:.2f}) | "
+            + ", ".join(map(str, r["rank_per_seed"]))
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", nargs="+", help="demo output dirs (one per seed)")
     ap.add_argument("--eval-examples", type=int, default=100)
     ap.add_argument("--out", default="benchmarks/results/merge_seeds.json")
     ap.add_argument("--keep", help="dir for each seed's result, reused when present (resumable)")
+    ap.add_argument("--table", action="store_true", help="print the summary as a markdown table")
     args = ap.parse_args()
     base = ensure_nano_base(progress=False)
     model, tok = load(base)
@@ -88,16 +110,16 @@ def main() -> None:
             "per_seed": [round(v, 4) for v in vals],
             "rank_per_seed": ranks,
         }
-    write_json(
-        Path(args.out),
-        {
-            "machine": machine_record(gemm=False),
-            "seconds": round(time.perf_counter() - t0, 1),
-            "summary": summary,
-            "seeds": seeds,
-        },
-    )
+    report = {
+        "machine": machine_record(gemm=False),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "summary": summary,
+        "seeds": seeds,
+    }
+    write_json(Path(args.out), report)
     print(f"wrote {args.out}")
+    if args.table:
+        print(markdown(report))
 
 
 if __name__ == "__main__":
