@@ -160,7 +160,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         methods: list[Method] = [base_method()]
         methods += [adapter_method(f"adapter:{n}", p, base=identity) for n, p in adapters.items()]
         if cfg.merges and len(adapters) > 1:
-            calib = task_calibration(tasks, cfg.data, cfg.calib_examples, seed=cfg.seed)
+            calib = (
+                task_calibration(tasks, cfg.data, cfg.calib_examples, seed=cfg.seed)
+                if cfg.learned
+                else []
+            )
             methods += merge_methods(
                 (model, tok), calib, adapters, tmp / "merged", identity, cfg, timings
             )
@@ -219,15 +223,17 @@ def merge_methods(
     n = len(loaded)
     methods = []
     for label, method, opts in MERGES:
-        if not cfg.learned and (METHODS[method].kind == "learned" or opts.get("search")):
+        learns = METHODS[method].kind == "learned" or opts.get("search")
+        if learns and not cfg.learned:
             continue
-        kwargs = dict(opts)
-        if METHODS[method].kind == "learned" or opts.get("search"):
+        if learns:
             _log(cfg, f"{label}: learning on {len(calib)} validation prompts")
+        kwargs = dict(opts)
+        name = label.removeprefix("merge:")
         equal = kwargs.pop("weights", "ones")  # 1 each; "mean": 1/n each; None: none given
         t0 = time.perf_counter()
         if kwargs.pop("search", False):
-            res = search_merge(*model_tok, loaded, method, calib, seed=cfg.seed, name=label[6:])
+            res = search_merge(*model_tok, loaded, method, calib, seed=cfg.seed, name=name)
         elif METHODS[method].kind == "learned":
             if method == "lorahub" and importlib.util.find_spec("cma") is None:
                 _log(cfg, "skipping merge:lorahub: it needs the 'cma' package (mlx-mixlora[learn])")
@@ -237,9 +243,9 @@ def merge_methods(
             if equal is not None:
                 kwargs["weights"] = [1.0 / n if equal == "mean" else 1.0] * n
             res = merge_adapters(loaded, method, seed=cfg.seed, name=method, **kwargs)
-        res.save(where / label[6:])
+        res.save(where / name)
         timings[label] = time.perf_counter() - t0
-        methods.append(adapter_method(label, where / label[6:], base=identity, kind="merge"))
+        methods.append(adapter_method(label, where / name, base=identity, kind="merge"))
         methods[-1].info["rel_error"] = round(float(res.rel_error), 6)
         if "learned" in res.info:
             learned = res.info["learned"]

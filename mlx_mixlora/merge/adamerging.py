@@ -61,6 +61,14 @@ class Learned:
         }
 
 
+def teacher_weights(adapters: Sequence[Adapter], task: str) -> mx.array:
+    """One-hot on the adapter made for `task`; the mean merge when no adapter is."""
+    own = own_adapter(adapters, task)
+    if own is None:
+        return mx.full((len(adapters),), 1.0 / len(adapters))
+    return (mx.arange(len(adapters)) == own).astype(mx.float32)
+
+
 def own_adapter(adapters: Sequence[Adapter], task: str) -> int | None:
     """Index of the adapter made for `task` (by its task, then its name)."""
     for key in ("task", "name"):
@@ -85,20 +93,16 @@ def teacher_continuations(
         if not c.labels:
             by_task.setdefault(c.task, []).append(i)
     for task, idx in by_task.items():
-        own = own_adapter(adapters, task)
-        w = [1.0 / len(adapters)] * len(adapters) if own is None else [0.0] * len(adapters)
-        if own is not None:
-            w[own] = 1.0
-        set_coefficients(layers, table, mx.array(w))
+        set_coefficients(layers, table, teacher_weights(adapters, task))
         try:
             max_new = resolve_task(task).max_new_tokens
         except MixloraError:
             max_new = 32
         texts = greedy_generate(model, tokenizer, [calib[i].prompt for i in idx], max_new)
-        eos = getattr(tokenizer, "eos_token_id", None)
         for i, text in zip(idx, texts, strict=True):
-            ids = encode_continuation(tokenizer, " " + text) if text else []
-            out[i] = ids + ([int(eos)] if eos is not None else [])
+            out[i] = _with_eos(
+                tokenizer, encode_continuation(tokenizer, " " + text) if text else []
+            )
     return out
 
 
@@ -111,7 +115,7 @@ def learn_coefficients(
     objective: str = "entropy",
     steps: int = DEFAULT_STEPS,
     lr: float = DEFAULT_LR,
-    init: float | Sequence[float] = DEFAULT_INIT,
+    init: float = DEFAULT_INIT,
     log: Callable[[str], None] | None = None,
 ) -> Learned:
     """Fit λ on `calib` (see the module docstring); the model is left as it was."""
@@ -139,11 +143,7 @@ def learn_coefficients(
             return loss_of(model, batch)
 
         value_and_grad = mx.value_and_grad(loss_fn)
-        lam = (
-            table.full(float(init))
-            if isinstance(init, (int, float))
-            else mx.array(table.from_task_weights(init))
-        )
+        lam = table.full(float(init))
         m = mx.zeros_like(lam)
         v = mx.zeros_like(lam)
         b1, b2, eps = 0.9, 0.999, 1e-8
@@ -172,11 +172,7 @@ def _teachers(model, adapters, layers, calib, batch) -> tuple[mx.array, mx.array
     lab_rows, seq_rows = batch.label_rows.tolist(), batch.seq_rows.tolist()
     lp = sp = None
     for task in sorted(set(row_task)):
-        own = own_adapter(adapters, task)
-        w = [1.0 / len(adapters)] * len(adapters) if own is None else [0.0] * len(adapters)
-        if own is not None:
-            w[own] = 1.0
-        set_coefficients(layers, table, mx.array(w))
+        set_coefficients(layers, table, teacher_weights(adapters, task))
         t_lp, t_sp = teacher_logprobs(model, batch)
         lm = mx.array([row_task[r] == task for r in lab_rows])[:, None]
         sm = mx.array([row_task[r] == task for r in seq_rows])[:, None]
@@ -186,22 +182,15 @@ def _teachers(model, adapters, layers, calib, batch) -> tuple[mx.array, mx.array
     return lp, sp
 
 
-def evaluate_loss(
-    model, tokenizer, adapters, calib, table: CoefficientTable, lam, objective="cross_entropy"
-) -> float:
-    """The objective at fixed λ (what gradient-free searches call)."""
-    with weighted_adapters(model, adapters) as layers:
-        conts = [answer_ids(tokenizer, c) for c in calib]
-        batch = build_batch(tokenizer, calib, conts, labels_first=objective == "entropy")
-        set_coefficients(layers, table, mx.array(lam))
-        return finite(float(OBJECTIVES[objective](model, batch)), "loss")
-
-
 def answer_ids(tokenizer, c: CalibExample) -> list[int]:
     if not c.answer:
         raise MixloraError(f"calibration prompt of task {c.task!r} has no answer (completion)")
-    eos = getattr(tokenizer, "eos_token_id", None)
     ids = encode_continuation(tokenizer, c.answer if c.answer[:1].isspace() else " " + c.answer)
+    return _with_eos(tokenizer, ids)
+
+
+def _with_eos(tokenizer, ids: list[int]) -> list[int]:
+    eos = getattr(tokenizer, "eos_token_id", None)
     return ids + ([int(eos)] if eos is not None else [])
 
 

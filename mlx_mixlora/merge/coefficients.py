@@ -80,10 +80,6 @@ class CoefficientTable:
     def full(self, value: float) -> mx.array:
         return mx.full(self.shape, value, dtype=mx.float32)
 
-    def from_task_weights(self, weights: Sequence[float]) -> mx.array:
-        """A table with every row equal to `weights` (one per adapter)."""
-        return mx.broadcast_to(mx.array(list(weights), dtype=mx.float32), self.shape)
-
 
 def table_for(adapters: Sequence[Adapter], granularity: str, n_layers: int) -> CoefficientTable:
     present = {parse_module_path(p)[1] for a in adapters for p in a.module_paths()}

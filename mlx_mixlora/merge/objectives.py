@@ -45,7 +45,6 @@ class Batch:
     seq_pos: mx.array  # [P]
     seq_next: mx.array  # [P] the continuation token at that position
     seq_weight: mx.array  # [P]
-    n_tasks: int
     teacher: tuple[mx.array, mx.array] | None = None  # distill: log-probs at label / seq positions
 
 
@@ -103,7 +102,6 @@ def build_batch(
         mx.array(np.array(spos or [0], dtype=np.int32)),
         mx.array(np.array(snext or [0], dtype=np.int32)),
         mx.array(np.array(sw or [0.0], dtype=np.float32)),
-        len(tasks),
     )
 
 
