@@ -19,20 +19,44 @@ import mlx.nn as nn
 from ..cpu import fastmath
 from .forward import hidden_states, lm_head
 
+CHUNK_ELEMENTS = 1 << 22  # [rows, V] block the exp works on at once: 16 MB in fp32
+
+
+def row_blocks(rows: int, cols: int) -> list[tuple[int, int]]:
+    """[start, stop) row ranges of at most CHUNK_ELEMENTS elements each (at least one row)."""
+    step = max(1, CHUNK_ELEMENTS // max(cols, 1))
+    return [(a, min(a + step, rows)) for a in range(0, rows, step)]
+
 
 @mx.custom_function
 def logsumexp_keep(x: mx.array):
-    """Row-wise logsumexp of [T, V]; also returns exp(x - max) and its row sums for the vjp."""
-    m = mx.stop_gradient(x.max(axis=-1, keepdims=True))
-    e = (fastmath.exp if fastmath.use_cpu_math() else mx.exp)(x - m)
-    s = e.sum(axis=-1, keepdims=True)
-    return (m + mx.log(s)).squeeze(-1), e, s
+    """Row-wise logsumexp of [T, V]; also returns its row sums and exp(x - max) per row block.
+
+    The exp runs one row block at a time and each block's exp(x - max) is kept as
+    its own output, never concatenated: the exp's temporaries (the CPU one fuses into
+    a few kernels with [rows, V] intermediates) then cost a block, not the whole
+    [T, V], and the values are exactly those of one whole-array pass (row-wise ops).
+    """
+    exp = fastmath.exp if fastmath.use_cpu_math() else mx.exp
+    lse, sums, blocks = [], [], []
+    for a, b in row_blocks(x.shape[0], x.shape[-1]):
+        xb = x[a:b]
+        m = mx.stop_gradient(xb.max(axis=-1, keepdims=True))
+        e = exp(xb - m)
+        s = e.sum(axis=-1, keepdims=True)
+        lse.append((m + mx.log(s)).squeeze(-1))
+        sums.append(s)
+        blocks.append(e)
+    return (mx.concatenate(lse), mx.concatenate(sums), *blocks)
 
 
 @logsumexp_keep.vjp
 def _logsumexp_keep_vjp(primals, cotangents, outputs):
-    _, e, s = outputs
-    return ((cotangents[0][:, None] / s) * e,)
+    x = primals[0] if isinstance(primals, (list, tuple)) else primals
+    s, blocks = outputs[1], outputs[2:]
+    cot = cotangents[0][:, None] / s
+    parts = [cot[a:b] * e for (a, b), e in zip(row_blocks(*x.shape), blocks, strict=True)]
+    return (parts[0] if len(parts) == 1 else mx.concatenate(parts),)
 
 
 def _head_weight(model: nn.Module) -> mx.array | None:
@@ -46,15 +70,55 @@ def _head_weight(model: nn.Module) -> mx.array | None:
     return None
 
 
+def head_logsumexp(w: mx.array):
+    """logsumexp over the vocab of h·Wᵀ for a frozen head `w` [V, D], one row block at a time.
+
+    Neither the [T, V] logits nor their gradient exist whole: each block's logits
+    live only until their exp is taken, the backward pass turns each block's
+    softmax into its [rows, D] share of the gradient of h, and only the blocks'
+    exp(x - max) (what `logsumexp_keep` keeps) stay between the passes. The
+    values equal the whole-array path's (the GEMMs are row-blocked, nothing
+    else changes). `w` is a constant here: no gradient flows into the head.
+    """
+
+    @mx.custom_function
+    def lse_of(h: mx.array):
+        lse, sums, blocks = [], [], []
+        exp = fastmath.exp if fastmath.use_cpu_math() else mx.exp
+        for a, b in row_blocks(h.shape[0], w.shape[0]):
+            x = (h[a:b] @ w.T).astype(mx.float32)
+            m = mx.stop_gradient(x.max(axis=-1, keepdims=True))
+            e = exp(x - m)
+            s = e.sum(axis=-1, keepdims=True)
+            lse.append((m + mx.log(s)).squeeze(-1))
+            sums.append(s)
+            blocks.append(e)
+        return (mx.concatenate(lse), mx.concatenate(sums), *blocks)
+
+    @lse_of.vjp
+    def _vjp(primals, cotangents, outputs):
+        h = primals[0] if isinstance(primals, (list, tuple)) else primals
+        cot = cotangents[0][:, None] / outputs[1]
+        blocks = row_blocks(h.shape[0], w.shape[0])
+        parts = [
+            ((cot[a:b] * e).astype(w.dtype) @ w).astype(h.dtype)
+            for (a, b), e in zip(blocks, outputs[2:], strict=True)
+        ]
+        return (parts[0] if len(parts) == 1 else mx.concatenate(parts),)
+
+    return lse_of
+
+
 def cross_entropy_rows(model: nn.Module, h: mx.array, labels: mx.array) -> mx.array:
     """Per-row CE of the LM head on hidden rows h [T, D] against labels [T]."""
-    logits = lm_head(model, h).astype(mx.float32)
-    lse = logsumexp_keep(logits)[0]
     w = _head_weight(model)
-    if w is None:
+    if w is None:  # a quantized or biased head: the whole logits, then the blocked logsumexp
+        logits = lm_head(model, h).astype(mx.float32)
+        lse = logsumexp_keep(logits)[0]
         picked = mx.take_along_axis(logits, labels[:, None], axis=-1).squeeze(-1)
-    else:
-        picked = (h.astype(mx.float32) * w[labels].astype(mx.float32)).sum(axis=-1)
+        return lse - picked
+    lse = head_logsumexp(w)(h)[0]
+    picked = (h.astype(mx.float32) * w[labels].astype(mx.float32)).sum(axis=-1)
     return lse - picked
 
 
