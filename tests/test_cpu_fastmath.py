@@ -17,11 +17,23 @@ def _ulps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(a.view(np.int32).astype(np.int64) - b.view(np.int32).astype(np.int64))
 
 
-def test_exp_is_within_one_ulp_of_float64_exp_over_the_normal_range():
+def test_exp_is_within_two_ulp_of_float64_exp_over_the_normal_range():
     x = np.linspace(-87.3, 88.3, 400_001, dtype=np.float32)
     got = np.array(fastmath.exp(mx.array(x)))
     exact = np.exp(x.astype(np.float64)).astype(np.float32)
-    assert _ulps(got, exact).max() <= 1
+    ulps = _ulps(got, exact)
+    assert ulps.max() <= 2 and (ulps > 1).mean() < 1e-3
+
+
+def test_exp_needs_one_temporary_at_most():
+    """Fused into few enough kernels that a big input costs the output plus one temporary."""
+    x = mx.random.normal((512, 8192)) * 5
+    mx.eval(x)
+    rest = mx.get_active_memory()
+    mx.reset_peak_memory()
+    y = fastmath.exp(x)
+    mx.eval(y)
+    assert mx.get_peak_memory() - rest <= 2 * x.nbytes + 4096  # + scalar constants
 
 
 def test_exp_edges_underflow_overflow_and_nan():

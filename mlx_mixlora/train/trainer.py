@@ -38,7 +38,6 @@ from .batching import Batch, batches_per_epoch, epoch_rows, iterate_rows, make_b
 from .config import TrainConfig
 from .data import DataStats, Tokenized, load_examples, prepare
 from .loss import target_loss
-from .memory import QueueBound
 from .metrics import METRICS_FILE, MetricsLog, metrics_text, train_line, val_line
 from .parallel import SplitStep, blas_threads, default_streams
 
@@ -417,115 +416,102 @@ def _loop(
             file=sys.stderr,
             dynamic_ncols=True,
         )
-    bound = QueueBound()  # after reset_peak_memory: the first step's peak is what it needs
-    try:
-        tokens = 0
-        timed_tokens, timed_s, seconds = 0, 0.0, 0.0
-        train_loss = val_loss = None
-        end = total if stop_at is None else min(total, stop_at)
-        it = start
-        for it in range(start + 1, end + 1):
-            tic, cpu_tic = time.perf_counter(), time.process_time()
-            mx.random.seed(step_seed(cfg.seed, it))
-            grad, losses, step_tokens = None, [], 0
-            for micro in range(accum):
-                loss, _, grad, n_tok = step(next(batches), grad, micro == accum - 1)
-                losses.append(loss)
-                step_tokens += n_tok
-                if grad is not None:
-                    mx.eval(grad, loss)
-            mx.eval(state, losses)
-            if it == start + 1:
-                bound.settle()
-            dt = time.perf_counter() - tic
-            seconds += dt
-            tokens += step_tokens
-            if it > start + 1 or end - start == 1:
-                timed_tokens += step_tokens
-                timed_s += dt
-            if it == start + 2 and end > it:
-                say(
-                    f"estimated time: {_duration(seconds + (end - it) * dt)} for {end - start} steps "
-                    f"({dt:.2f} s/step; the first step took {seconds - dt:.1f} s with compilation)"
-                )
-            train_loss = float(sum(x.item() for x in losses) / accum)
-            if not math.isfinite(train_loss):
-                if bar is not None:
-                    bar.close()
-                raise MixloraError(
-                    f"training loss is not finite ({train_loss}) at step {it}; no adapter written. "
-                    "Lower --lr or check the data"
-                )
-            rec = {
-                "step": it,
-                "seconds": dt,
-                "cpu_seconds": time.process_time() - cpu_tic,
-                "loss": train_loss,
-                "lr": float(optimizer.learning_rate.item()),
-                "tokens": step_tokens,
-            }
-            window.loss += train_loss
-            window.steps += 1
-            window.timed_steps += 1
-            window.tokens += step_tokens
-            window.seconds += dt
-            mrec: dict[str, Any] = {"step": it}
-            if it % cfg.steps_per_report == 0 or it == end:
-                mrec.update(
-                    train_loss=window.loss / window.steps,
-                    lr=rec["lr"],
-                    its_per_s=window.timed_steps / window.seconds,
-                    tokens_per_s=window.tokens / window.seconds,
-                    trained_tokens=done_tokens + tokens,
-                    peak_mem_gb=mx.get_peak_memory() / 1e9,
-                )
-                say(train_line(mrec))
-                window = _Window()
-            if val_items is not None and (
-                it == total or (cfg.val_every and it % cfg.val_every == 0)
-            ):
-                vtic = time.perf_counter()
-                val_loss = rec["val_loss"] = mrec["val_loss"] = _validate(
-                    model, val_items, cfg, n_streams
-                )
-                say(val_line(it, val_loss, time.perf_counter() - vtic))
-            if len(mrec) > 1:
-                metrics.add(mrec)
-            history.append(rec)
+    tokens = 0
+    timed_tokens, timed_s, seconds = 0, 0.0, 0.0
+    train_loss = val_loss = None
+    end = total if stop_at is None else min(total, stop_at)
+    it = start
+    for it in range(start + 1, end + 1):
+        tic, cpu_tic = time.perf_counter(), time.process_time()
+        mx.random.seed(step_seed(cfg.seed, it))
+        grad, losses, step_tokens = None, [], 0
+        for micro in range(accum):
+            loss, _, grad, n_tok = step(next(batches), grad, micro == accum - 1)
+            losses.append(loss)
+            step_tokens += n_tok
+            if grad is not None:
+                mx.eval(grad, loss)
+        mx.eval(state, losses)
+        dt = time.perf_counter() - tic
+        seconds += dt
+        tokens += step_tokens
+        if it > start + 1 or end - start == 1:
+            timed_tokens += step_tokens
+            timed_s += dt
+        if it == start + 2 and end > it:
+            say(
+                f"estimated time: {_duration(seconds + (end - it) * dt)} for {end - start} steps "
+                f"({dt:.2f} s/step; the first step took {seconds - dt:.1f} s with compilation)"
+            )
+        train_loss = float(sum(x.item() for x in losses) / accum)
+        if not math.isfinite(train_loss):
             if bar is not None:
-                tps = timed_tokens / timed_s if timed_s else step_tokens / dt
-                post = {
-                    "loss": f"{train_loss:.3f}",
-                    "tok/s": f"{tps:.0f}",
-                    "peak": f"{mx.get_peak_memory() / 2**30:.2f}G",
-                }
-                if val_loss is not None:
-                    post["val"] = f"{val_loss:.3f}"
-                bar.set_postfix(post, refresh=False)
-                bar.update(1)
-            if (
-                ckpt_dir
-                and it < total
-                and ((cfg.save_every and it % cfg.save_every == 0) or it == stop_at)
-            ):
-                info = {
-                    "config": cfg.to_dict(),
-                    "data_fingerprint": plan.fingerprint,
-                    "total_steps": total,
-                    "history": history,
-                    "metrics": metrics.records,
-                    "report_window": {"loss": window.loss, "steps": window.steps},
-                }
-                checkpoint.save(
-                    ckpt_dir,
-                    it,
-                    adapter_weights(model),
-                    optimizer.state,
-                    info,
-                    cfg.keep_checkpoints,
-                )
-    finally:
-        bound.close()
+                bar.close()
+            raise MixloraError(
+                f"training loss is not finite ({train_loss}) at step {it}; no adapter written. "
+                "Lower --lr or check the data"
+            )
+        rec = {
+            "step": it,
+            "seconds": dt,
+            "cpu_seconds": time.process_time() - cpu_tic,
+            "loss": train_loss,
+            "lr": float(optimizer.learning_rate.item()),
+            "tokens": step_tokens,
+        }
+        window.loss += train_loss
+        window.steps += 1
+        window.timed_steps += 1
+        window.tokens += step_tokens
+        window.seconds += dt
+        mrec: dict[str, Any] = {"step": it}
+        if it % cfg.steps_per_report == 0 or it == end:
+            mrec.update(
+                train_loss=window.loss / window.steps,
+                lr=rec["lr"],
+                its_per_s=window.timed_steps / window.seconds,
+                tokens_per_s=window.tokens / window.seconds,
+                trained_tokens=done_tokens + tokens,
+                peak_mem_gb=mx.get_peak_memory() / 1e9,
+            )
+            say(train_line(mrec))
+            window = _Window()
+        if val_items is not None and (it == total or (cfg.val_every and it % cfg.val_every == 0)):
+            vtic = time.perf_counter()
+            val_loss = rec["val_loss"] = mrec["val_loss"] = _validate(
+                model, val_items, cfg, n_streams
+            )
+            say(val_line(it, val_loss, time.perf_counter() - vtic))
+        if len(mrec) > 1:
+            metrics.add(mrec)
+        history.append(rec)
+        if bar is not None:
+            tps = timed_tokens / timed_s if timed_s else step_tokens / dt
+            post = {
+                "loss": f"{train_loss:.3f}",
+                "tok/s": f"{tps:.0f}",
+                "peak": f"{mx.get_peak_memory() / 2**30:.2f}G",
+            }
+            if val_loss is not None:
+                post["val"] = f"{val_loss:.3f}"
+            bar.set_postfix(post, refresh=False)
+            bar.update(1)
+        if (
+            ckpt_dir
+            and it < total
+            and ((cfg.save_every and it % cfg.save_every == 0) or it == stop_at)
+        ):
+            info = {
+                "config": cfg.to_dict(),
+                "data_fingerprint": plan.fingerprint,
+                "total_steps": total,
+                "history": history,
+                "metrics": metrics.records,
+                "report_window": {"loss": window.loss, "steps": window.steps},
+            }
+            checkpoint.save(
+                ckpt_dir, it, adapter_weights(model), optimizer.state, info, cfg.keep_checkpoints
+            )
     if bar is not None:
         bar.close()
     stopped = it < total
