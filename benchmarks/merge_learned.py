@@ -26,6 +26,15 @@ TASKS = ("classification", "qa", "summarization", "sentiment")
 CASES = {  # name -> mixlora merge arguments after the adapters
     "adamerging-layer-entropy": ["-m", "adamerging", "--granularity", "layer"],
     "adamerging-layer-distill": ["-m", "adamerging", "--objective", "distill"],
+    # the demo's row merge:adamerging-distill
+    "adamerging-module-distill": [
+        "-m",
+        "adamerging",
+        "--objective",
+        "distill",
+        "--granularity",
+        "module",
+    ],
     "lorahub": ["-m", "lorahub"],
     "ties-search": ["-m", "ties", "--search"],
 }

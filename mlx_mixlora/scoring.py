@@ -24,7 +24,13 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import (
+    BatchKVCache,
+    KVCache,
+    can_trim_prompt_cache,
+    make_prompt_cache,
+    trim_prompt_cache,
+)
 from tqdm import tqdm
 
 from .lora import detach_lora, load_adapter_into
@@ -165,11 +171,14 @@ def _log_softmax(logits):
     return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
 
 
-def label_scores(model, tokenizer, prompts: list[str], labels: list[str]) -> np.ndarray:
+def label_scores(
+    model, tokenizer, prompts: list[str], labels: list[str], exact: bool = False
+) -> np.ndarray:
     """[n_prompts, n_labels] log-likelihood of " label</s>" after each prompt.
 
-    Each prompt is run once into a KV cache; every label continues from it and
-    is trimmed off again, so k labels cost one prompt pass, not k.
+    Each prompt is run once into a KV cache (batched as `_prefilled` says); every
+    label continues from it and is trimmed off again, so k labels cost one prompt
+    pass, not k.
     """
 
     eos = sorted(_eos_ids(tokenizer))[:1]
@@ -177,18 +186,16 @@ def label_scores(model, tokenizer, prompts: list[str], labels: list[str]) -> np.
     l_ids = [encode_continuation(tokenizer, " " + lab) + eos for lab in labels]
     vocab = _vocab(model)
     out = np.zeros((len(prompts), len(labels)), dtype=np.float64)
-    for idx in _same_length_groups(p_ids, vocab):
-        cache = make_prompt_cache(model)
-        if not can_trim_prompt_cache(cache):  # e.g. rotating caches: score padded sequences
-            flat = sequence_logprobs(
-                model,
-                [p_ids[i] for i in idx for _ in l_ids],
-                [lab for _ in idx for lab in l_ids],
-                vocab,
-            )
-            out[idx] = flat.reshape(len(idx), len(labels))
-            continue
-        first = _log_softmax(model(mx.array([p_ids[i] for i in idx]), cache=cache)[:, -1])
+    if not can_trim_prompt_cache(make_prompt_cache(model)):  # e.g. rotating caches
+        flat = sequence_logprobs(
+            model,
+            [p for p in p_ids for _ in l_ids],
+            [lab for _ in p_ids for lab in l_ids],
+            vocab,
+        )
+        return flat.reshape(len(prompts), len(labels))
+    for idx, cache, last in _prefilled(model, p_ids, exact):
+        first = _log_softmax(last)
         for j, lab in enumerate(l_ids):
             total = first[:, lab[0]]
             if len(lab) > 1:
@@ -199,19 +206,57 @@ def label_scores(model, tokenizer, prompts: list[str], labels: list[str]) -> np.
     return out
 
 
-def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+def _prefilled(
+    model, seqs: list[list[int]], exact: bool
+) -> Iterator[tuple[list[int], list, mx.array]]:
+    """(indices, KV cache, last-position logits) for each batch of prompts run together.
+
+    By default prompts of any lengths share a batch, left-padded: a `BatchKVCache`
+    masks the pads and starts each row's positions at its first real token, so each
+    row is computed as alone up to float rounding (batch shapes change the order of
+    some sums). A batch of equal lengths, `exact=True`, or a model whose cache is not
+    a plain `KVCache` (rotating, quantised, recurrent) uses only equal-length batches
+    with the model's own cache: no padding at all.
+    """
+    vocab = _vocab(model)
+    if exact or not _left_paddable(model):
+        groups = list(_same_length_groups(seqs, vocab))
+    else:
+        groups = list(_batches([len(s) for s in seqs], vocab))
+    for idx in groups:
+        lengths = [len(seqs[i]) for i in idx]
+        width = max(lengths)
+        if min(lengths) == width:
+            cache = make_prompt_cache(model)
+            x = mx.array([seqs[i] for i in idx])
+        else:
+            pads = [width - n for n in lengths]
+            cache = [BatchKVCache(pads) for _ in make_prompt_cache(model)]
+            rows = np.zeros((len(idx), width), dtype=np.int32)
+            for r, i in enumerate(idx):
+                rows[r, pads[r] :] = seqs[i]
+            x = mx.array(rows)
+        yield idx, cache, model(x, cache=cache)[:, -1]
+
+
+def _left_paddable(model) -> bool:
+    return all(type(c) is KVCache for c in make_prompt_cache(model))
+
+
+def greedy_generate(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, exact: bool = False
+) -> list[str]:
     """Greedy continuations, stopped at end-of-sequence or a newline.
 
-    Prompts of equal token length are decoded together with one KV cache (no
-    padding, so exactly what one-at-a-time decoding gives).
+    Prompts are decoded in batches sharing one KV cache (see `_prefilled`);
+    ``exact=True`` batches only prompts of equal token length (no padding, so
+    exactly what one-at-a-time decoding gives).
     """
 
     eos = _eos_ids(tokenizer)
     seqs = [encode_prompt(tokenizer, p) for p in prompts]
     texts = [""] * len(seqs)
-    for idx in _same_length_groups(seqs, _vocab(model)):
-        cache = make_prompt_cache(model)
-        logits = model(mx.array([seqs[i] for i in idx]), cache=cache)[:, -1]
+    for idx, cache, logits in _prefilled(model, seqs, exact):
         gen: list[list[int]] = [[] for _ in idx]
         done = [False] * len(idx)
         for step in range(max_new_tokens):

@@ -37,6 +37,7 @@ DEFAULT_STEPS = LEARN_STEPS
 DEFAULT_LR = LEARN_LR
 DEFAULT_INIT = 0.3  # AdaMerging's starting λ
 BOUNDS = (0.0, 1.0)
+COMPILE = True  # compile the loss-and-gradient step (fuses the elementwise work)
 
 
 @dataclass
@@ -136,13 +137,16 @@ def learn_coefficients(
             conts = [answer_ids(tokenizer, c) for c in calib]
         batch = build_batch(tokenizer, calib, conts, labels_first=unlabelled)
         if objective == "distill":
-            batch.teacher = _teachers(model, adapters, layers, calib, batch)
+            _teachers(model, adapters, layers, batch)
 
         def loss_fn(lam: mx.array) -> mx.array:
             set_coefficients(layers, table, lam)
             return loss_of(model, batch)
 
+        # one trace for all steps: λ is the only input, the model and batch are constants
         value_and_grad = mx.value_and_grad(loss_fn)
+        if COMPILE:
+            value_and_grad = mx.compile(value_and_grad)
         lam = table.full(float(init))
         m = mx.zeros_like(lam)
         v = mx.zeros_like(lam)
@@ -165,21 +169,13 @@ def learn_coefficients(
     return Learned(table, lam, losses, time.perf_counter() - t0, per_task_counts(calib))
 
 
-def _teachers(model, adapters, layers, calib, batch) -> tuple[mx.array, mx.array]:
-    """Each position's log-probs under its prompt's own adapter (mean merge if none owns it)."""
+def _teachers(model, adapters, layers, batch) -> None:
+    """Each block's log-probs under its task's own adapter (mean merge if none owns it)."""
     table = table_for(adapters, "task", 1)
-    row_task = [c.task for c in calib]  # build_batch keeps one row per prompt, in order
-    lab_rows, seq_rows = batch.label_rows.tolist(), batch.seq_rows.tolist()
-    lp = sp = None
-    for task in sorted(set(row_task)):
-        set_coefficients(layers, table, teacher_weights(adapters, task))
-        t_lp, t_sp = teacher_logprobs(model, batch)
-        lm = mx.array([row_task[r] == task for r in lab_rows])[:, None]
-        sm = mx.array([row_task[r] == task for r in seq_rows])[:, None]
-        lp = mx.where(lm, t_lp, 0.0 if lp is None else lp)
-        sp = mx.where(sm, t_sp, 0.0 if sp is None else sp)
-        mx.eval(lp, sp)
-    return lp, sp
+    for part in batch.parts:  # a block holds one task's rows
+        set_coefficients(layers, table, teacher_weights(adapters, part.task))
+        part.teacher = teacher_logprobs(model, part)
+        mx.eval(part.teacher)
 
 
 def answer_ids(tokenizer, c: CalibExample) -> list[int]:

@@ -1,0 +1,105 @@
+"""Left-padded batches of prompts of different lengths decode as each prompt alone."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from helpers_train import tiny_args
+
+import mlx_mixlora.scoring as S
+from mlx_mixlora.tasks import get_task, load_examples
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random tiny Llama with a BPE tokenizer trained on the synthetic texts."""
+    from mlx_lm.models import llama
+    from mlx_lm.utils import load_tokenizer
+
+    from mlx_mixlora.nano.corpus import pretraining_docs, tokenizer_texts
+    from mlx_mixlora.nano.tokenizer import save_tokenizer, train_bpe
+
+    path = tmp_path_factory.mktemp("tok")
+    save_tokenizer(train_bpe(tokenizer_texts(pretraining_docs(100, 0)), 400), path, 512)
+    tokenizer = load_tokenizer(path)
+    mx.random.seed(1)
+    model = llama.Model(tiny_args(vocab_size=400))
+    mx.eval(model.parameters())
+    return model, tokenizer
+
+
+def _prompts(n_per_task: int = 4) -> list[str]:
+    """Prompts of every built-in task: many different token lengths."""
+    names = ("classification", "qa", "summarization", "sentiment")
+    return [e["prompt"] for t in names for e in load_examples(t, "synthetic", "test", n=n_per_task)]
+
+
+def _alone_last_logits(model, ids: list[int]) -> np.ndarray:
+    return np.array(model(mx.array([ids]))[0, -1])
+
+
+def test_padded_prefill_gives_each_prompt_its_own_logits(tiny):
+    model, tok = tiny
+    seqs = [S.encode_prompt(tok, p) for p in _prompts()]
+    lengths = {len(s) for s in seqs}
+    assert len(lengths) > 6  # really mixed lengths, so rows carry different pads
+    seen = []
+    for idx, cache, last in S._prefilled(model, seqs, exact=False):
+        assert isinstance(cache[0], S.BatchKVCache)
+        last = np.array(last)
+        for r, i in enumerate(idx):
+            np.testing.assert_allclose(last[r], _alone_last_logits(model, seqs[i]), atol=2e-5)
+        seen += idx
+    assert sorted(seen) == list(range(len(seqs)))
+
+
+def test_padded_greedy_equals_one_at_a_time_decoding(tiny):
+    model, tok = tiny
+    prompts = _prompts()
+    batched = S.greedy_generate(model, tok, prompts, max_new_tokens=8)
+    singles = [S.greedy_generate(model, tok, [p], max_new_tokens=8)[0] for p in prompts]
+    exact = S.greedy_generate(model, tok, prompts, max_new_tokens=8, exact=True)
+    assert batched == singles == exact
+    assert sum(len(t) for t in batched) > 10 * len(prompts)  # real text was generated
+    # reference for one short row of a padded batch: a plain argmax loop, no cache
+    short = min(range(len(prompts)), key=lambda i: len(S.encode_prompt(tok, prompts[i])))
+    ids = S.encode_prompt(tok, prompts[short])
+    out = []
+    for _ in range(8):
+        nxt = int(mx.argmax(model(mx.array([ids]))[0, -1]).item())
+        if nxt == tok.eos_token_id:
+            break
+        ids.append(nxt)
+        out.append(nxt)
+    assert batched[short] == tok.decode(out).split("\n")[0].strip()
+
+
+def test_padded_label_scores_equal_the_exact_ones(tiny):
+    model, tok = tiny
+    task = get_task("classification")  # multi-token labels continue from the padded cache
+    prompts = _prompts(3)
+    padded = S.label_scores(model, tok, prompts, task.label_names)
+    exact = S.label_scores(model, tok, prompts, task.label_names, exact=True)
+    assert np.isfinite(padded).all() and padded.std() > 0.1
+    np.testing.assert_allclose(padded, exact, rtol=1e-5, atol=1e-4)
+
+
+def test_models_without_a_plain_kv_cache_fall_back_to_equal_length_batches(tiny, monkeypatch):
+    from mlx_lm.models.cache import RotatingKVCache
+
+    model, tok = tiny
+    made = []
+    real = S.BatchKVCache
+    monkeypatch.setattr(S, "BatchKVCache", lambda pads: made.append(pads) or real(pads))
+    prompts = _prompts(2)
+    S.greedy_generate(model, tok, prompts, max_new_tokens=2)
+    assert made  # the plain model is left-padded
+    made.clear()
+    monkeypatch.setattr(
+        model, "make_cache", lambda: [RotatingKVCache(4096) for _ in model.layers], raising=False
+    )
+    rotating = S.greedy_generate(model, tok, prompts, max_new_tokens=2)
+    assert not made
+    monkeypatch.delattr(model, "make_cache")
+    assert rotating == S.greedy_generate(model, tok, prompts, max_new_tokens=2, exact=True)
