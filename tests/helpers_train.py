@@ -80,3 +80,18 @@ def save_model_dir(
     )
     fast.save_pretrained(str(path))
     return path
+
+
+def tiny_bpe_llama(path: Path, seed: int):
+    """A random tiny Llama with a 400-token BPE tokenizer trained on the synthetic texts (saved in `path`)."""
+    from mlx_lm.utils import load_tokenizer
+
+    from mlx_mixlora.nano.corpus import pretraining_docs, tokenizer_texts
+    from mlx_mixlora.nano.tokenizer import save_tokenizer, train_bpe
+
+    save_tokenizer(train_bpe(tokenizer_texts(pretraining_docs(100, 0)), 400), path, 512)
+    tokenizer = load_tokenizer(path)
+    mx.random.seed(seed)
+    model = llama.Model(tiny_args(vocab_size=400))
+    mx.eval(model.parameters())
+    return model, tokenizer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-from helpers_train import tiny_args
+from helpers_train import tiny_bpe_llama
 
 import mlx_mixlora.scoring as S
 from mlx_mixlora.tasks import get_task, load_examples
@@ -13,20 +13,7 @@ from mlx_mixlora.tasks import get_task, load_examples
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A random tiny Llama with a BPE tokenizer trained on the synthetic texts."""
-    from mlx_lm.models import llama
-    from mlx_lm.utils import load_tokenizer
-
-    from mlx_mixlora.nano.corpus import pretraining_docs, tokenizer_texts
-    from mlx_mixlora.nano.tokenizer import save_tokenizer, train_bpe
-
-    path = tmp_path_factory.mktemp("tok")
-    save_tokenizer(train_bpe(tokenizer_texts(pretraining_docs(100, 0)), 400), path, 512)
-    tokenizer = load_tokenizer(path)
-    mx.random.seed(1)
-    model = llama.Model(tiny_args(vocab_size=400))
-    mx.eval(model.parameters())
-    return model, tokenizer
+    return tiny_bpe_llama(tmp_path_factory.mktemp("tok"), seed=1)
 
 
 def _prompts(n_per_task: int = 4) -> list[str]:
