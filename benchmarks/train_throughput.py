@@ -105,7 +105,7 @@ def work(peer: str, model_dir: Path, data: dict, workload: str) -> dict:
             seconds = mod.gemm_seconds(gemms, **kw)
         else:
             if peer == "ours":
-                from mlx_mixlora.train.parallel import default_streams
+                from mlx_mixlora.cpu.streams import default_streams
 
                 streams = default_streams()
             seconds = mlx_seconds(gemms, streams)

@@ -129,7 +129,7 @@ def mlx_seconds(gemms: list[dict], streams: int = 1) -> list[float]:
     """
     if streams == 1:
         return time_gemms(gemms, mlx_product)
-    from ..train.parallel import blas_threads
+    from ..cpu.streams import blas_threads
 
     with blas_threads(1):
         return time_gemms(gemms, lambda g: mlx_product(g, streams))

@@ -2,8 +2,9 @@
 
 For each module the kind's step builds the method's input from the adapters
 present there (weight ≠ 0 at that layer), the method merges it, and the result
-is kept as factors (compressed by SVD where asked) or as a dense ΔW. Only one
-module's deltas are alive at a time.
+is kept as factors (compressed by SVD where asked) or as a dense ΔW. Modules
+run two at a time on the CPU (`cpu.streams`), so two modules' deltas are alive
+at once, not all of them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..adapter_format import (
     parse_module_path,
     save_adapter,
 )
+from ..cpu.streams import map_on_streams
 from ..errors import MixloraError
 from ..identity import describe, identity_mismatch
 from .kernels import Stack, stable_seed
@@ -194,20 +196,17 @@ def merge_adapters(adapters: Sequence[Adapter], method: str, **options: Any) -> 
     paths_of = [set(c.module_paths()) for c in configs]
     total_rank = sum(c.rank for c in configs)
 
-    out_w: dict[str, mx.array] = {}
-    out_d: dict[str, mx.array] = {}
-    errors: dict[str, float] = {}
-    err_num = err_den = 0.0
-    for path in _module_order(configs):
+    def merge_module(path: str):
+        """(path, result, relative SVD error or None, ‖ΔW‖²), evaluated; None if no adapter is there."""
         wv = wfun(parse_module_path(path)[0])
         if o.module_weights is not None and path in o.module_weights:
             wv = parse_weights(o.module_weights[path], n)
         present = [i for i in range(n) if path in paths_of[i] and wv[i] != 0.0]
         if not present:
-            continue
+            return None
         ads, ws = [adapters[i] for i in present], [wv[i] for i in present]
         merged = _KINDS[m.kind](m, o, path, ads, ws, present)
-        compress = None
+        compress, err, norm2 = None, None, 0.0
         if m.kind == "exact" and rank is not None and rank < merged[0].shape[1]:
             compress = factored_svd(*merged, rank)
         elif m.kind == "dense" and o.output == "adapter":
@@ -215,13 +214,28 @@ def merge_adapters(adapters: Sequence[Adapter], method: str, **options: Any) -> 
             compress = randomized_svd(merged, rank or total_rank, o.oversample, o.power_iters, key)
         if compress is not None:
             *merged, err, norm2 = compress
+        if o.output == "deltas":
+            merged = merged if m.kind == "dense" else merged[0] @ merged[1]
+        mx.eval(merged)  # in its worker: one module's deltas alive per worker
+        return path, merged, err, norm2
+
+    out_w: dict[str, mx.array] = {}
+    out_d: dict[str, mx.array] = {}
+    errors: dict[str, float] = {}
+    err_num = err_den = 0.0
+    # Modules are independent: two at a time on CPU streams of their own (QR, SVD and
+    # the elementwise kernels run one thread per stream); results in module order.
+    for done in map_on_streams(merge_module, _module_order(configs)):
+        if done is None:
+            continue
+        path, merged, err, norm2 = done
+        if err is not None:
             errors[path] = err
             err_num, err_den = err_num + err * err * norm2, err_den + norm2
         if o.output == "deltas":
-            out_d[path] = merged if m.kind == "dense" else merged[0] @ merged[1]
+            out_d[path] = merged
         else:
             out_w[f"{path}.lora_b"], out_w[f"{path}.lora_a"] = merged
-        mx.eval(out_w, out_d)  # stream: one weight's deltas alive at a time
 
     rel = (err_num / err_den) ** 0.5 if err_den > 0 else 0.0
     info = {

@@ -9,18 +9,23 @@
   re-orthonormalisation, seeded. Only (r+p)-sized SVDs are computed.
 
 Both return (B' [out, r], A' [r, in], rel_err, ‖ΔW‖²_F) with ΔW ≈ B'·A' (scale 1).
-QR/SVD run on the CPU stream (MLX implements them there only).
+QR/SVD run on a CPU stream (MLX implements them there only): the current stream
+when the default device is the CPU (a merge worker's own, `cpu.streams`), else the
+CPU's default stream.
 """
 
 from __future__ import annotations
 
 import mlx.core as mx
 
-_CPU = mx.cpu
+
+def _cpu() -> mx.Stream | mx.Device | None:
+    """Where QR/SVD run: the current stream on the CPU device, else the CPU (GPU defaults)."""
+    return None if mx.default_device() == mx.cpu else mx.cpu
 
 
 def _small_svd(m: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-    return mx.linalg.svd(m, stream=_CPU)
+    return mx.linalg.svd(m, stream=_cpu())
 
 
 def _sq_norm(x: mx.array) -> float:
@@ -35,14 +40,14 @@ def _sq_norm(x: mx.array) -> float:
 
         v = np.array(memoryview(x), copy=False)
         return float(np.einsum("ij,ij->i", v, v).sum(dtype=np.float64))
-    rows = mx.sum(x * x, axis=-1).astype(mx.float64, stream=_CPU)
-    return float(mx.sum(rows, stream=_CPU).item())
+    rows = mx.sum(x * x, axis=-1).astype(mx.float64, stream=_cpu())
+    return float(mx.sum(rows, stream=_cpu()).item())
 
 
 def factored_svd(b: mx.array, a: mx.array, rank: int) -> tuple[mx.array, mx.array, float, float]:
     """Best rank-`rank` approximation of B·A (B [out,R], A [R,in]) and its relative error."""
-    qb, rb = mx.linalg.qr(b, stream=_CPU)  # [out,R], [R,R]
-    qa, ra = mx.linalg.qr(a.T, stream=_CPU)  # [in,R], [R,R]
+    qb, rb = mx.linalg.qr(b, stream=_cpu())  # [out,R], [R,R]
+    qa, ra = mx.linalg.qr(a.T, stream=_cpu())  # [in,R], [R,R]
     u, s, vt = _small_svd(rb @ ra.T)
     r = min(rank, s.shape[0])
     new_b = (qb @ u[:, :r]) * s[:r]
@@ -63,14 +68,14 @@ def randomized_svd(
     if key is None:
         key = mx.random.key(0)
     omega = mx.random.normal((in_dim, width), key=key, dtype=d.dtype)
-    q, _ = mx.linalg.qr(d @ omega, stream=_CPU)
+    q, _ = mx.linalg.qr(d @ omega, stream=_cpu())
     for _ in range(power_iters):
         # dᵀ·q as (qᵀ·d)ᵀ: the same product, but BLAS streams d row-major (~30% faster)
-        z, _ = mx.linalg.qr((q.T @ d).T, stream=_CPU)
-        q, _ = mx.linalg.qr(d @ z, stream=_CPU)
+        z, _ = mx.linalg.qr((q.T @ d).T, stream=_cpu())
+        q, _ = mx.linalg.qr(d @ z, stream=_cpu())
     small = q.T @ d  # [width, in]
     # SVD of the wide `small` through a QR of its transpose: only width×width SVDs.
-    qs, rs = mx.linalg.qr(small.T, stream=_CPU)  # [in,w], [w,w]
+    qs, rs = mx.linalg.qr(small.T, stream=_cpu())  # [in,w], [w,w]
     u2, s, v2t = _small_svd(rs.T)  # small = u2·diag(s)·(qs·v2tᵀ)ᵀ
     r = min(rank, s.shape[0])
     new_b = (q @ u2[:, :r]) * s[:r]
@@ -78,7 +83,7 @@ def randomized_svd(
     # B'·A' is the orthogonal projection of d onto span(q·u2[:, :r]), so
     # ‖d − B'A'‖² = ‖d‖² − Σ s_r²: one pass over d instead of forming the residual.
     # Below 1e-2 relative error that difference cancels in fp32; measure it directly.
-    kept = mx.sum(s[:r].astype(mx.float64, stream=_CPU) ** 2, stream=_CPU)
+    kept = mx.sum(s[:r].astype(mx.float64, stream=_cpu()) ** 2, stream=_cpu())
     mx.eval(new_b, new_a, kept)
     d2, k2 = _sq_norm(d), float(kept.item())
     err = (max(d2 - k2, 0.0) / d2) ** 0.5 if d2 > 0 else 0.0

@@ -11,33 +11,11 @@ combined, weighted by target counts, outside.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
-
-from ..cpu import blas
-
-
-@contextlib.contextmanager
-def blas_threads(n: int) -> Iterator[None]:
-    """Temporarily set OpenBLAS's thread count (no-op when no OpenBLAS is loaded)."""
-    old = blas.get_num_threads()
-    if old is not None:
-        blas.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if old is not None:
-            blas.set_num_threads(old)
-
-
-def default_streams() -> int:
-    """2 on the CPU device (the Linux wheel), 1 on Metal/CUDA where one stream saturates the GPU."""
-    return 2 if mx.default_device() == mx.cpu else 1
 
 
 class SplitStep:

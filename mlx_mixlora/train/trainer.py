@@ -28,6 +28,7 @@ from mlx.utils import tree_map, tree_unflatten
 from tqdm import tqdm
 
 from ..adapter_format import AdapterConfig, save_adapter
+from ..cpu.streams import blas_threads, default_streams
 from ..errors import MixloraError
 from ..io import output_path
 from ..lora import adapter_weights, attach_lora, detach_lora, model_identity, n_layers, parse_layers
@@ -39,7 +40,7 @@ from .config import TrainConfig
 from .data import DataStats, Tokenized, load_examples, prepare
 from .loss import target_loss
 from .metrics import METRICS_FILE, MetricsLog, metrics_text, train_line, val_line
-from .parallel import SplitStep, blas_threads, default_streams
+from .parallel import SplitStep
 
 # options that shape the log, not the adapter: left out of the adapter's recorded options
 LOG_ONLY = ("name", "task", "steps_per_report")
