@@ -157,13 +157,17 @@ class Engine:
 
     # --- the model thread ---------------------------------------------------------
     def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._pending and not self._rows and not self._stopping:
-                    self._cv.wait()
-                if self._stopping and not self._pending and not self._rows:
-                    return
-            self.turn()
+        try:
+            while True:
+                with self._cv:
+                    while not self._pending and not self._rows and not self._stopping:
+                        self._cv.wait()
+                    if self._stopping and not self._pending and not self._rows:
+                        return
+                self.turn()
+        finally:  # MLX can abort at exit when a thread's stream outlives its thread
+            mx.synchronize()
+            mx.clear_streams()
 
     def turn(self) -> None:
         """One turn of the loop: drop gone rows, admit waiting jobs, one decode step.
