@@ -28,7 +28,8 @@ and BLAS, as its trainer runs them (torch and mlx-lm: the whole batch, every
 thread; ours: half the batch on each of 2 CPU streams, one BLAS thread each, as
 `train.parallel` does). A step's `non_gemm_seconds` is its
 mean timed step minus that GEMM time: what carries over to a CPU whose BLAS is as
-fast but whose elementwise code is not.
+fast but whose elementwise code is not. `speedup_bound_zero_non_gemm` is torch+PEFT's
+step over our GEMM time: the most that cutting non-GEMM work alone can gain on torch.
 
     python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
 
@@ -147,6 +148,11 @@ def non_gemm_summary(runs: dict[str, list[dict]]) -> dict:
     if "ours" in out and "torch_peft" in out:
         out["ours_share_le_torch_share"] = (
             out["ours"]["non_gemm_share"] <= out["torch_peft"]["non_gemm_share"]
+        )
+        # The most our step could gain on torch's by cutting non-GEMM work alone: torch's
+        # step over our GEMM time (our step with zero non-GEMM time).
+        out["speedup_bound_zero_non_gemm"] = round(
+            out["torch_peft"]["step_seconds"] / out["ours"]["gemm_seconds_per_step"], 3
         )
     return out
 

@@ -86,3 +86,31 @@ def test_split_products_do_the_same_work():
     finally:
         mx.matmul = real
     assert captured == [((4, 7), (7, 5))] * 2 + [((2, 8, 7), (2, 7, 5))] * 2
+
+
+def _train_throughput():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+    spec = importlib.util.spec_from_file_location("train_throughput", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_non_gemm_summary_medians_shares_and_the_zero_non_gemm_bound():
+    def run(step: float, gemm: float) -> dict:
+        return {"gemm": {"step_seconds": step, "gemm_seconds_per_step": gemm,
+                         "gemm_gflops_measured": 140.0, "non_gemm_seconds": step - gemm,
+                         "non_gemm_share": (step - gemm) / step}}  # fmt: skip
+
+    runs = {"ours": [run(5.0, 4.0), run(6.0, 4.5), run(5.5, 4.2)],
+            "torch_peft": [run(5.5, 4.4), run(5.4, 4.3), run(6.0, 4.6)]}  # fmt: skip
+    out = _train_throughput().non_gemm_summary(runs)
+    assert out["ours"]["step_seconds"] == 5.5 and out["ours"]["gemm_seconds_per_step"] == 4.2
+    assert out["ours"]["non_gemm_share"] == round((5.5 - 4.2) / 5.5, 3)
+    assert out["ours_share_le_torch_share"] is (
+        out["ours"]["non_gemm_share"] <= out["torch_peft"]["non_gemm_share"]
+    )
+    assert out["speedup_bound_zero_non_gemm"] == round(5.5 / 4.2, 3)  # torch's step ÷ our GEMM time
