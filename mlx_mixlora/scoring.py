@@ -181,9 +181,8 @@ def label_scores(
     pass, not k.
     """
 
-    eos = sorted(_eos_ids(tokenizer))[:1]
     p_ids = [encode_prompt(tokenizer, p) for p in prompts]
-    l_ids = [encode_continuation(tokenizer, " " + lab) + eos for lab in labels]
+    l_ids = _label_ids(tokenizer, labels)
     vocab = _vocab(model)
     out = np.zeros((len(prompts), len(labels)), dtype=np.float64)
     if not can_trim_prompt_cache(make_prompt_cache(model)):  # e.g. rotating caches
@@ -195,14 +194,31 @@ def label_scores(
         )
         return flat.reshape(len(prompts), len(labels))
     for idx, cache, last in _prefilled(model, p_ids, exact):
-        first = _log_softmax(last)
-        for j, lab in enumerate(l_ids):
-            total = first[:, lab[0]]
-            if len(lab) > 1:
-                rest = _log_softmax(model(mx.array([lab[:-1]] * len(idx)), cache=cache))
-                total = total + rest[:, mx.arange(len(lab) - 1), mx.array(lab[1:])].sum(axis=-1)
-                trim_prompt_cache(cache, len(lab) - 1)
-            out[idx, j] = np.array(total, dtype=np.float64)
+        out[idx] = _label_logprobs(model, cache, last, l_ids)
+    return out
+
+
+def _label_ids(tokenizer, labels: list[str]) -> list[list[int]]:
+    """Each label's continuation ids: " label" then end-of-sequence."""
+    eos = sorted(_eos_ids(tokenizer))[:1]
+    return [encode_continuation(tokenizer, " " + lab) + eos for lab in labels]
+
+
+def _label_logprobs(model, cache, last: mx.array, l_ids: list[list[int]]) -> np.ndarray:
+    """[rows, labels] log-likelihood of each label after the prefilled prompts.
+
+    Each label continues from `cache` and is trimmed off again, so the cache is
+    left as the prefill left it.
+    """
+    first = _log_softmax(last)
+    out = np.zeros((last.shape[0], len(l_ids)), dtype=np.float64)
+    for j, lab in enumerate(l_ids):
+        total = first[:, lab[0]]
+        if len(lab) > 1:
+            rest = _log_softmax(model(mx.array([lab[:-1]] * last.shape[0]), cache=cache))
+            total = total + rest[:, mx.arange(len(lab) - 1), mx.array(lab[1:])].sum(axis=-1)
+            trim_prompt_cache(cache, len(lab) - 1)
+        out[:, j] = np.array(total, dtype=np.float64)
     return out
 
 
@@ -257,25 +273,55 @@ def greedy_generate(
     seqs = [encode_prompt(tokenizer, p) for p in prompts]
     texts = [""] * len(seqs)
     for idx, cache, logits in _prefilled(model, seqs, exact):
-        gen: list[list[int]] = [[] for _ in idx]
-        done = [False] * len(idx)
-        for step in range(max_new_tokens):
-            nxt = mx.argmax(logits, axis=-1)
-            for r, tok in enumerate(nxt.tolist()):
-                if done[r]:
-                    continue
-                if tok in eos:
-                    done[r] = True
-                    continue
-                gen[r].append(int(tok))
-                text = tokenizer.decode(gen[r])
-                if "\n" in text:
-                    text, done[r] = text.split("\n", 1)[0], True
-                texts[idx[r]] = text
-            if all(done) or step == max_new_tokens - 1:
-                break
-            logits = model(nxt[:, None], cache=cache)[:, -1]
+        _decode(model, tokenizer, eos, idx, cache, logits, max_new_tokens, texts)
     return [t.strip() for t in texts]
+
+
+def generate_and_score_labels(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, labels: list[str]
+) -> tuple[list[str], np.ndarray]:
+    """`greedy_generate` and `label_scores` of the same prompts from one prefill of each.
+
+    The labels are scored from the prefilled cache and trimmed off, then decoding
+    continues from it: the same texts and scores as the two calls, one prompt pass
+    instead of two. Models whose cache cannot be trimmed make the two calls.
+    """
+    if not can_trim_prompt_cache(make_prompt_cache(model)):
+        return (
+            greedy_generate(model, tokenizer, prompts, max_new_tokens),
+            label_scores(model, tokenizer, prompts, labels),
+        )
+    eos = _eos_ids(tokenizer)
+    seqs = [encode_prompt(tokenizer, p) for p in prompts]
+    l_ids = _label_ids(tokenizer, labels)
+    texts = [""] * len(seqs)
+    scores = np.zeros((len(prompts), len(labels)), dtype=np.float64)
+    for idx, cache, logits in _prefilled(model, seqs, exact=False):
+        scores[idx] = _label_logprobs(model, cache, logits, l_ids)
+        _decode(model, tokenizer, eos, idx, cache, logits, max_new_tokens, texts)
+    return [t.strip() for t in texts], scores
+
+
+def _decode(model, tokenizer, eos, idx, cache, logits, max_new_tokens: int, texts: list[str]):
+    """Greedy decoding of one prefilled batch into `texts` (rows `idx`)."""
+    gen: list[list[int]] = [[] for _ in idx]
+    done = [False] * len(idx)
+    for step in range(max_new_tokens):
+        nxt = mx.argmax(logits, axis=-1)
+        for r, tok in enumerate(nxt.tolist()):
+            if done[r]:
+                continue
+            if tok in eos:
+                done[r] = True
+                continue
+            gen[r].append(int(tok))
+            text = tokenizer.decode(gen[r])
+            if "\n" in text:
+                text, done[r] = text.split("\n", 1)[0], True
+            texts[idx[r]] = text
+        if all(done) or step == max_new_tokens - 1:
+            break
+        logits = model(nxt[:, None], cache=cache)[:, -1]
 
 
 def _vocab(model) -> int:
@@ -292,17 +338,17 @@ def score_task(model, tokenizer, task: Task, examples: list[dict], batch_size: i
     refs = [e["completion"].strip() for e in examples]
     t0 = time.perf_counter()
     gens: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        gens += greedy_generate(model, tokenizer, prompts[i : i + batch_size], task.max_new_tokens)
     result: dict[str, Any] = {"n": len(examples)}
     if task.is_label_task:
         labels = task.label_names
-        scores = np.concatenate(
-            [
-                label_scores(model, tokenizer, prompts[i : i + batch_size], labels)
-                for i in range(0, len(prompts), batch_size)
-            ]
-        )
+        parts = []
+        for i in range(0, len(prompts), batch_size):
+            texts, part = generate_and_score_labels(
+                model, tokenizer, prompts[i : i + batch_size], task.max_new_tokens, labels
+            )
+            gens += texts
+            parts.append(part)
+        scores = np.concatenate(parts)
         ll_preds = [labels[j] for j in scores.argmax(axis=1)]
         result.update(
             accuracy_gen=M.accuracy(gens, refs),
@@ -312,6 +358,10 @@ def score_task(model, tokenizer, task: Task, examples: list[dict], batch_size: i
             chance=max(refs.count(lab) for lab in labels) / len(refs),
         )
     else:
+        for i in range(0, len(prompts), batch_size):
+            gens += greedy_generate(
+                model, tokenizer, prompts[i : i + batch_size], task.max_new_tokens
+            )
         result.update(M.mean_rouge(gens, refs))
     result["score"] = result[PRIMARY[task.metric]]
     result["seconds"] = round(time.perf_counter() - t0, 2)

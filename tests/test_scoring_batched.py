@@ -90,3 +90,28 @@ def test_models_without_a_plain_kv_cache_fall_back_to_equal_length_batches(tiny,
     assert not made
     monkeypatch.delattr(model, "make_cache")
     assert rotating == S.greedy_generate(model, tok, prompts, max_new_tokens=2, exact=True)
+
+
+@pytest.mark.parametrize("task_name", ["classification", "sentiment"])
+def test_one_prefill_gives_the_same_texts_and_label_scores_as_two(tiny, task_name):
+    model, tok = tiny
+    labels = get_task(task_name).label_names  # classification: multi-token labels
+    prompts = _prompts(3)
+    texts, scores = S.generate_and_score_labels(model, tok, prompts, 8, labels)
+    assert texts == S.greedy_generate(model, tok, prompts, max_new_tokens=8)
+    np.testing.assert_array_equal(scores, S.label_scores(model, tok, prompts, labels))
+    assert sum(len(t) for t in texts) > 10 * len(prompts) and scores.std() > 0.1
+
+
+def test_score_task_on_a_label_task_prefills_each_batch_once(tiny, monkeypatch):
+    model, tok = tiny
+    task = get_task("sentiment")
+    examples = load_examples(task, "synthetic", "test", n=10)
+    before = S.score_task(model, tok, task, examples, batch_size=4)
+    calls = []
+    real = S._prefilled
+    monkeypatch.setattr(S, "_prefilled", lambda *a, **k: calls.append(1) or real(*a, **k))
+    after = S.score_task(model, tok, task, examples, batch_size=4)
+    assert len(calls) == 3  # 10 examples in batches of 4: one prefill each, not two
+    for key in ("accuracy_gen", "accuracy_ll", "macro_f1_ll"):
+        assert after[key] == before[key]
