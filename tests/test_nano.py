@@ -219,3 +219,18 @@ def test_copy_probe_separates_copying_from_not_copying():
     blind = copy_probe(_Oracle(lambda ids, t: 0), tok, n=30)
     assert blind["remention"] == 0.0 and blind["repeat"] == 0.0
     assert blind["remention_chance"] == 0.05 and 0 < blind["repeat_chance"] < 0.01
+
+
+def test_the_corpus_is_pinned_so_a_change_cannot_leave_cached_bases_stale():
+    """The cache key holds the recipe's fields only; the corpus (generators, templates,
+    train phrasings) is pinned here. A change to it must bump BUILD_VERSION, which moves
+    the key, and update CORPUS_FINGERPRINT."""
+    from mlx_mixlora.nano.corpus import corpus_fingerprint
+    from mlx_mixlora.nano.recipe import BUILD_VERSION, CORPUS_FINGERPRINT, NanoRecipe
+
+    r = NanoRecipe()
+    got = corpus_fingerprint(r.corpus_rows_per_task, r.seed, r.format_share, r.repeat_share)
+    assert got == CORPUS_FINGERPRINT, (
+        f"the nano corpus changed (fingerprint {got}): bump BUILD_VERSION (now {BUILD_VERSION}) "
+        "in mlx_mixlora/nano/recipe.py and set CORPUS_FINGERPRINT to the new value"
+    )

@@ -13,6 +13,8 @@ the curriculum that grows induction heads, which summarising by extraction needs
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 
 from ..tasks import BUILTIN_TASKS, Task
@@ -81,3 +83,11 @@ def tokenizer_texts(docs: list[str]) -> list[str]:
             extra.append(text.format(**{f: "" for f in t.fields}))
         extra.extend(" " + name for name in t.label_names)
     return docs + extra * 50
+
+
+def corpus_fingerprint(
+    rows_per_task: int, seed: int, format_share: float, repeat_share: float
+) -> str:
+    """sha256 (first 16 hex) of the tokenizer and pretraining text a base is built from."""
+    docs = pretraining_docs(rows_per_task, seed, format_share, repeat_share)
+    return hashlib.sha256(json.dumps(tokenizer_texts(docs)).encode()).hexdigest()[:16]
