@@ -10,6 +10,7 @@ from different phrasing variants are never mixed up.
 
     python benchmarks/recipe_robustness.py --tasks sentiment --seeds 0,1,2
     # --keep DIR: each (task, seed) result saved there and reused (resumable)
+    # --model DIR: another nano-built base, e.g. one built from changed train phrasings
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import time
 from pathlib import Path
 
 from mlx_mixlora.bench.env import machine_record
+from mlx_mixlora.demo.pipeline import resolve_base
 from mlx_mixlora.io import write_json
 from mlx_mixlora.model import base_identity, load
-from mlx_mixlora.nano import ensure_nano_base
 from mlx_mixlora.scoring import adapter_method, score_task
 from mlx_mixlora.tasks import load_examples, resolve_task
 from mlx_mixlora.tasks.natural import natural_examples
@@ -75,8 +76,7 @@ def run_one(model, tok, identity: dict, task, seed: int, n_eval: int, where: Pat
     scores = {}
     with adapter_method(task.name, where, base=identity).use(model, task):
         for name, ex in eval_sets(task, seed, n_eval).items():
-            r = score_task(model, tok, task, ex)
-            scores[name] = {"score": round(float(r["score"]), 4), "n": r["n"]}
+            scores[name] = score_task(model, tok, task, ex)
     return {
         "task": task.name,
         "seed": seed,
@@ -86,9 +86,10 @@ def run_one(model, tok, identity: dict, task, seed: int, n_eval: int, where: Pat
         "steps": res.steps,
         "train_loss": None if res.train_loss is None else round(float(res.train_loss), 4),
         "train_seconds": round(train_s, 1),
-        **{name: s["score"] for name, s in scores.items()},
+        **{name: round(float(s["score"]), 4) for name, s in scores.items()},
         "n": {name: s["n"] for name, s in scores.items()},
         "natural_over_template": ratio(scores["natural"]["score"], scores["template"]["score"]),
+        "samples": {name: s["samples"] for name, s in scores.items()},  # the first 3 of each
     }
 
 
@@ -140,6 +141,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", default="sentiment", help="comma-separated built-in task names")
     ap.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma-separated seeds")
+    ap.add_argument("--model", help="a nano-built base dir (default: the cached nano base)")
     ap.add_argument("--eval-examples", type=int, default=100)
     ap.add_argument("--iters", type=int, help="override the recipe's steps (quick checks only)")
     ap.add_argument("--out", default="benchmarks/results/recipe_robustness.json")
@@ -147,7 +149,7 @@ def main() -> None:
     ap.add_argument("--table", action="store_true", help="print the runs as a markdown table")
     args = ap.parse_args()
     tasks = [resolve_task(t.strip()) for t in args.tasks.split(",") if t.strip()]
-    base = ensure_nano_base(progress=False)
+    base = resolve_base(args.model, print, progress=False)
     model, tok = load(base)
     identity = base_identity(base)
     over = {"iters": args.iters} if args.iters else {}
@@ -155,8 +157,9 @@ def main() -> None:
     runs = []
     for task in tasks:
         for seed in args.seeds:
-            tag = f"{task.name}-{phrasings_fingerprint(task)}-seed{seed}.json"
-            kept = Path(args.keep) / tag if args.keep else None
+            tag = [identity["fingerprint"], task.name, phrasings_fingerprint(task), f"seed{seed}"]
+            tag += [f"iters{args.iters}"] if args.iters else []
+            kept = Path(args.keep) / ("-".join(tag) + ".json") if args.keep else None
             if kept is not None and kept.is_file():
                 runs.append(json.loads(kept.read_text()))
             else:
