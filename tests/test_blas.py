@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes.util
 import json
 import os
 import shutil
@@ -11,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers_blas import HAVE_SYSTEM
 
 from mlx_mixlora.cpu.blas import wheel_library
 
@@ -19,7 +19,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 HAVE_WHEEL = wheel_library() is not None and shutil.which("cc") is not None
-HAVE_SYSTEM = ctypes.util.find_library("openblas") is not None
 MIXLORA = [str(Path(sys.executable).with_name("mixlora"))]  # the installed command, as users run it
 STATUS = (
     "import json, mlx_mixlora, mlx.core as mx; from mlx_mixlora.cpu import blas;"

@@ -280,6 +280,13 @@ def _header_case(key_index, field, value):
     assert_cli_contract(_invoke("merge", case, case, "-m", "linear", "-o", out), out)
 
 
+def test_cli_merge_of_an_adapter_read_as_int32_is_no_worker_thread_error():
+    """Found by the fuzz test below: an int32 tensor is not evaluated by the finite check,
+    so it reached a merge worker lazy, tied to the main thread's stream ("There is no
+    Stream(cpu, 0) in current thread"). The engine evaluates the adapters first."""
+    _header_case(0, "dtype", "I32")
+
+
 header_value = (
     st.sampled_from(["F32", "F16", "BF16", "F64", "I32", "U8", "BOOL", "X9"])
     | st.lists(st.integers(-2, 70), max_size=3)

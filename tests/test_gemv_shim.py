@@ -12,8 +12,9 @@ import sys
 import mlx.core as mx
 import numpy as np
 import pytest
+from helpers_blas import INSTALLED
 
-from mlx_mixlora.cpu.blas import OPENBLAS_SONAME, WHEEL_PREFIX, blas_status, wheel_library
+from mlx_mixlora.cpu.blas import blas_status
 from mlx_mixlora.cpu.gemv_shim import build, gemv_calls, shim_status
 
 pytestmark = pytest.mark.skipif(
@@ -98,22 +99,6 @@ def test_real_matrix_products_are_left_to_sgemm():
     assert gemv_calls() == before
 
 
-def _installed_blas() -> dict[str, tuple[str, str] | str]:
-    """name -> (library, symbol prefix) for each OpenBLAS installed here, else why it is absent."""
-    found: dict[str, tuple[str, str] | str] = {}
-    wheel = wheel_library()
-    found["scipy-openblas"] = (
-        (str(wheel), WHEEL_PREFIX) if wheel else "the scipy-openblas32 wheel is not installed"
-    )
-    try:
-        ctypes.CDLL(OPENBLAS_SONAME)
-        found["system"] = (OPENBLAS_SONAME, "")
-    except OSError:
-        found["system"] = f"{OPENBLAS_SONAME} (system OpenBLAS) is not installed"
-    return found
-
-
-INSTALLED = _installed_blas()
 EACH_BLAS = [
     pytest.param(name, marks=[] if isinstance(v, tuple) else pytest.mark.skip(reason=v))
     for name, v in INSTALLED.items()

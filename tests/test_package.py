@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes.util
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import tomllib
 from click.testing import CliRunner
+from helpers_blas import HAVE_SYSTEM
 
 from mlx_mixlora.cli import COMMANDS, main
 
@@ -173,7 +173,7 @@ def test_openblas_core_choice_from_cpuinfo():
 
 
 @pytest.mark.skipif(
-    not sys.platform.startswith("linux") or ctypes.util.find_library("openblas") is None,
+    not sys.platform.startswith("linux") or not HAVE_SYSTEM,
     reason="needs the system OpenBLAS (Linux)",
 )
 def test_a_named_openblas_core_type_is_respected_and_ours_is_not_left_in_the_environment():

@@ -44,7 +44,9 @@ def default_streams() -> int:
 def map_on_streams(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> list[R]:
     """[fn(x) for x in items], `workers` at a time, each worker a thread with its own CPU stream.
 
-    `fn` must evaluate what it returns and must not depend on other items. Results
+    `fn` must evaluate what it returns and must not depend on other items; arrays it
+    reads from outside must already be evaluated (a lazy array's graph names the
+    stream it was made on, and a worker has only its own). Results
     come back in `items`' order, as from a serial run: only the order of independent
     work changes. The first exception raised by `fn` is raised here.
     """

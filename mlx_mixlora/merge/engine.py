@@ -224,7 +224,10 @@ def merge_adapters(adapters: Sequence[Adapter], method: str, **options: Any) -> 
     errors: dict[str, float] = {}
     err_num = err_den = 0.0
     # Modules are independent: two at a time on CPU streams of their own (QR, SVD and
-    # the elementwise kernels run one thread per stream); results in module order.
+    # the elementwise kernels run one thread per stream); results in module order. The
+    # adapters' arrays are evaluated here first: a lazy array (a load whose dtype the
+    # finite check skips) names the stream it was made on, which a worker cannot run.
+    mx.eval([ad.weights for ad in adapters])
     for done in map_on_streams(merge_module, _module_order(configs)):
         if done is None:
             continue
