@@ -269,12 +269,7 @@ def greedy_generate(
     exactly what one-at-a-time decoding gives).
     """
 
-    eos = _eos_ids(tokenizer)
-    seqs = [encode_prompt(tokenizer, p) for p in prompts]
-    texts = [""] * len(seqs)
-    for idx, cache, logits in _prefilled(model, seqs, exact):
-        _decode(model, tokenizer, eos, idx, cache, logits, max_new_tokens, texts)
-    return [t.strip() for t in texts]
+    return _generate(model, tokenizer, prompts, max_new_tokens, exact)[0]
 
 
 def generate_and_score_labels(
@@ -291,13 +286,23 @@ def generate_and_score_labels(
             greedy_generate(model, tokenizer, prompts, max_new_tokens),
             label_scores(model, tokenizer, prompts, labels),
         )
+    return _generate(
+        model, tokenizer, prompts, max_new_tokens, False, _label_ids(tokenizer, labels)
+    )
+
+
+def _generate(
+    model, tokenizer, prompts: list[str], max_new_tokens: int, exact: bool, l_ids=None
+) -> tuple[list[str], np.ndarray | None]:
+    """Greedy texts of `prompts`, and with label ids `l_ids` their label log-likelihoods
+    scored from the same prefill (before decoding goes on from it)."""
     eos = _eos_ids(tokenizer)
     seqs = [encode_prompt(tokenizer, p) for p in prompts]
-    l_ids = _label_ids(tokenizer, labels)
     texts = [""] * len(seqs)
-    scores = np.zeros((len(prompts), len(labels)), dtype=np.float64)
-    for idx, cache, logits in _prefilled(model, seqs, exact=False):
-        scores[idx] = _label_logprobs(model, cache, logits, l_ids)
+    scores = None if l_ids is None else np.zeros((len(seqs), len(l_ids)), dtype=np.float64)
+    for idx, cache, logits in _prefilled(model, seqs, exact):
+        if scores is not None:
+            scores[idx] = _label_logprobs(model, cache, logits, l_ids)
         _decode(model, tokenizer, eos, idx, cache, logits, max_new_tokens, texts)
     return [t.strip() for t in texts], scores
 
@@ -338,16 +343,20 @@ def score_task(model, tokenizer, task: Task, examples: list[dict], batch_size: i
     refs = [e["completion"].strip() for e in examples]
     t0 = time.perf_counter()
     gens: list[str] = []
+    parts: list[np.ndarray] = []  # label tasks: label scores from the same prefill
+    for i in range(0, len(prompts), batch_size):
+        batch = prompts[i : i + batch_size]
+        if task.is_label_task:
+            texts, part = generate_and_score_labels(
+                model, tokenizer, batch, task.max_new_tokens, task.label_names
+            )
+            parts.append(part)
+        else:
+            texts = greedy_generate(model, tokenizer, batch, task.max_new_tokens)
+        gens += texts
     result: dict[str, Any] = {"n": len(examples)}
     if task.is_label_task:
         labels = task.label_names
-        parts = []
-        for i in range(0, len(prompts), batch_size):
-            texts, part = generate_and_score_labels(
-                model, tokenizer, prompts[i : i + batch_size], task.max_new_tokens, labels
-            )
-            gens += texts
-            parts.append(part)
         scores = np.concatenate(parts)
         ll_preds = [labels[j] for j in scores.argmax(axis=1)]
         result.update(
@@ -358,10 +367,6 @@ def score_task(model, tokenizer, task: Task, examples: list[dict], batch_size: i
             chance=max(refs.count(lab) for lab in labels) / len(refs),
         )
     else:
-        for i in range(0, len(prompts), batch_size):
-            gens += greedy_generate(
-                model, tokenizer, prompts[i : i + batch_size], task.max_new_tokens
-            )
         result.update(M.mean_rouge(gens, refs))
     result["score"] = result[PRIMARY[task.metric]]
     result["seconds"] = round(time.perf_counter() - t0, 2)
