@@ -95,3 +95,16 @@ def tiny_bpe_llama(path: Path, seed: int):
     model = llama.Model(tiny_args(vocab_size=400))
     mx.eval(model.parameters())
     return model, tokenizer
+
+
+def reference_greedy(model, tokenizer, ids: list[int], max_new_tokens: int) -> str:
+    """Greedy text after `ids` by a plain argmax loop over the whole sequence (no cache,
+    no batching): the reference the scoring code's batched decoding must equal."""
+    ids, out = list(ids), []
+    for _ in range(max_new_tokens):
+        nxt = int(mx.argmax(model(mx.array([ids]))[0, -1]).item())
+        if nxt == tokenizer.eos_token_id:
+            break
+        ids.append(nxt)
+        out.append(nxt)
+    return tokenizer.decode(out).split("\n")[0].strip()

@@ -7,7 +7,7 @@ import math
 import mlx.core as mx
 import numpy as np
 import pytest
-from helpers_train import tiny_bpe_llama
+from helpers_train import reference_greedy, tiny_bpe_llama
 
 from mlx_mixlora.scoring import (
     Method,
@@ -80,15 +80,7 @@ def test_batched_greedy_matches_single_prompt_decoding(tiny):
     singles = [greedy_generate(model, tok, [p], max_new_tokens=6)[0] for p in prompts]
     assert batched == singles and batched[5:] == batched[:3]
     # reference: plain argmax loop over the full sequence
-    ids = encode_prompt(tok, prompts[0])
-    out = []
-    for _ in range(6):
-        nxt = int(mx.argmax(model(mx.array([ids]))[0, -1]).item())
-        if nxt == tok.eos_token_id:
-            break
-        ids.append(nxt)
-        out.append(nxt)
-    assert batched[0] == tok.decode(out).split("\n")[0].strip()
+    assert batched[0] == reference_greedy(model, tok, encode_prompt(tok, prompts[0]), 6)
 
 
 def test_score_task_reports_both_label_metrics(tiny):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-from helpers_train import tiny_bpe_llama
+from helpers_train import reference_greedy, tiny_bpe_llama
 
 import mlx_mixlora.scoring as S
 from mlx_mixlora.tasks import get_task, load_examples
@@ -51,15 +51,7 @@ def test_padded_greedy_equals_one_at_a_time_decoding(tiny):
     assert sum(len(t) for t in batched) > 10 * len(prompts)  # real text was generated
     # reference for one short row of a padded batch: a plain argmax loop, no cache
     short = min(range(len(prompts)), key=lambda i: len(S.encode_prompt(tok, prompts[i])))
-    ids = S.encode_prompt(tok, prompts[short])
-    out = []
-    for _ in range(8):
-        nxt = int(mx.argmax(model(mx.array([ids]))[0, -1]).item())
-        if nxt == tok.eos_token_id:
-            break
-        ids.append(nxt)
-        out.append(nxt)
-    assert batched[short] == tok.decode(out).split("\n")[0].strip()
+    assert batched[short] == reference_greedy(model, tok, S.encode_prompt(tok, prompts[short]), 8)
 
 
 def test_padded_label_scores_equal_the_exact_ones(tiny):

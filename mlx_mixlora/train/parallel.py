@@ -1,9 +1,7 @@
 """Split each batch across MLX CPU streams so single-threaded CPU ops use every core.
 
-On CPU, MLX runs elementwise ops (exp, softmax, SiLU, ...) on one thread per
-stream, and a multi-threaded OpenBLAS GEMM stalls whenever another process
-holds a core. Running halves of the batch on two streams, each with
-single-threaded BLAS, keeps both cores busy with both kinds of work. `mx.compile`
+Halves of the batch run on two streams, each with single-threaded BLAS (why:
+`cpu.streams`). `mx.compile`
 cannot trace one function over two streams, so each stream gets its own
 compiled value-and-grad of the loss (traced on that stream); the gradients are
 combined, weighted by target counts, outside.
