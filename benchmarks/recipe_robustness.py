@@ -143,7 +143,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma-separated seeds")
     ap.add_argument("--model", help="a nano-built base dir (default: the cached nano base)")
     ap.add_argument("--eval-examples", type=int, default=100)
-    ap.add_argument("--iters", type=int, help="override the recipe's steps (quick checks only)")
+    ap.add_argument("--iters", type=int, help="override the recipe's steps")
+    ap.add_argument("--examples", type=int, help="override the recipe's training examples")
     ap.add_argument("--out", default="benchmarks/results/recipe_robustness.json")
     ap.add_argument("--keep", help="dir for each (task, seed) result, reused when present")
     ap.add_argument("--table", action="store_true", help="print the runs as a markdown table")
@@ -153,12 +154,14 @@ def main() -> None:
     model, tok = load(base)
     identity = base_identity(base)
     over = {"iters": args.iters} if args.iters else {}
+    over |= {"examples": args.examples} if args.examples else {}
     t0 = time.perf_counter()
     runs = []
     for task in tasks:
         for seed in args.seeds:
             tag = [identity["fingerprint"], task.name, phrasings_fingerprint(task), f"seed{seed}"]
             tag += [f"iters{args.iters}"] if args.iters else []
+            tag += [f"examples{args.examples}"] if args.examples else []
             kept = Path(args.keep) / ("-".join(tag) + ".json") if args.keep else None
             if kept is not None and kept.is_file():
                 runs.append(json.loads(kept.read_text()))
@@ -173,6 +176,7 @@ def main() -> None:
         "machine": machine_record(gemm=False),
         "base": {"path": str(base), **identity},
         "iters_override": args.iters,
+        "examples_override": args.examples,
         "seconds": round(time.perf_counter() - t0, 1),
         "target_natural_over_template": TARGET,
         "summary": summarise(runs),
