@@ -19,6 +19,7 @@ from mlx_mixlora.adapter_format import module_path
 from mlx_mixlora.errors import MixloraError
 from mlx_mixlora.merge import METHODS, merge_adapters
 from mlx_mixlora.merge.kernels import merge_slices, trim_thresholds, zero_entries
+from mlx_mixlora.merge.svd import randomized_svd
 
 Q0 = module_path(0, "q_proj")
 
@@ -229,6 +230,50 @@ def test_dense_methods_compress_by_randomized_svd(three, method, kw):
         assert abs(low.errors[p] - err) < 1e-4  # the reported error is the real one
         assert err <= best * (1 + 1e-4) + 1e-6  # optimal to ~1e-4 with the default iterations
     assert low.config.rank == 6
+
+
+def _excess_over_optimal(d: np.ndarray, err: float, rank: int) -> float:
+    s = np.linalg.svd(d.astype(np.float64), compute_uv=False)
+    return err / np.sqrt((s[rank:] ** 2).sum() / (s**2).sum()) - 1
+
+
+def test_a_sketch_from_the_adapters_row_spaces_beats_a_gaussian_one():
+    """TIES-trimmed sum of three rank-8 deltas: the A factors hold most of its row space."""
+    rng = np.random.default_rng(0)
+    bs = [rng.standard_normal((96, 8)).astype(np.float32) for _ in range(3)]
+    as_ = [rng.standard_normal((8, 128)).astype(np.float32) for _ in range(3)]
+    d = np.stack([b @ a for b, a in zip(bs, as_, strict=True)])
+    thr, excess = trim_thresholds(mx.array(d), 0.2)
+    merged = merge_slices(zero_entries(mx.array(d), excess), [0.5, 0.3, 0.2], "total", thr)
+    start = mx.array(np.concatenate(as_).T)  # [in, 24]
+    key = mx.random.key(3)
+    m = np.array(merged)
+    for iters in (0, 1):
+        gauss = randomized_svd(merged, 8, 16, iters, key)[2]
+        ours = randomized_svd(merged, 8, 16, iters, key, start=start)[2]
+        assert _excess_over_optimal(m, ours, 8) < _excess_over_optimal(m, gauss, 8) / 3
+    # with the default two iterations it is optimal to float precision
+    assert (
+        _excess_over_optimal(m, randomized_svd(merged, 8, start=start, power_iters=2)[2], 8) < 1e-5
+    )
+
+
+@pytest.mark.parametrize("given, width", [(24, 24), (4, 24), (40, 40), (200, 96)])
+def test_the_sketch_keeps_every_start_column_and_fills_the_rest(given, width):
+    """Width: rank + oversample, or all the start columns, at most min(out, in) = 96."""
+    d = mx.random.normal((96, 200), key=mx.random.key(0))
+    start = mx.random.normal((200, given), key=mx.random.key(1))
+    b, a, err, _ = randomized_svd(d, 8, 16, 0, mx.random.key(2), start=start)
+    assert b.shape == (96, 8) and a.shape == (8, 200) and 0.0 < err < 1.0
+    # the kept subspace is [start, gaussian][:, :width]: rebuild it and compare errors
+    cols = [np.array(start)]
+    if given < width:
+        cols.append(np.array(mx.random.normal((200, width - given), key=mx.random.key(2))))
+    omega = np.concatenate(cols, axis=1)[:, :width]
+    q, _ = np.linalg.qr(np.array(d) @ omega)
+    s = np.linalg.svd(q.T @ np.array(d), compute_uv=False)
+    ref = np.sqrt(max(0.0, 1 - (s[:8] ** 2).sum() / (np.array(d) ** 2).sum()))
+    assert abs(err - ref) < 1e-4
 
 
 def test_dense_default_rank_is_sum_of_ranks(three):

@@ -211,7 +211,10 @@ def merge_adapters(adapters: Sequence[Adapter], method: str, **options: Any) -> 
             compress = factored_svd(*merged, rank)
         elif m.kind == "dense" and o.output == "adapter":
             key = mx.random.key(stable_seed(o.seed, "svd", path))
-            compress = randomized_svd(merged, rank or total_rank, o.oversample, o.power_iters, key)
+            start = mx.concatenate([_f32(ad.weights[f"{path}.lora_a"]) for ad in ads]).T
+            compress = randomized_svd(
+                merged, rank or total_rank, o.oversample, o.power_iters, key, start=start
+            )
         if compress is not None:
             *merged, err, norm2 = compress
         if o.output == "deltas":

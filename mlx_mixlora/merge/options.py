@@ -35,7 +35,7 @@ class MergeOptions:
     majority_sign: str = "total"  # TIES sign election: "total" (PEFT's) or "frequency"
     output: str = "adapter"  # or "deltas": dense ΔW per module
     oversample: int = 16  # randomized SVD
-    power_iters: int = 3  # randomized SVD
+    power_iters: int = 2  # randomized SVD (from the adapters' row spaces: svd.py)
     kernel: str = "compiled"  # TIES elect/merge: compiled MLX, or "metal" (opt-in, see kernels)
     select: str = "auto"  # top-k selection: "numpy" on the CPU, "mlx" elsewhere
     name: str | None = None  # recorded in the merged adapter's config

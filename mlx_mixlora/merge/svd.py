@@ -5,8 +5,15 @@
   truncated SVD without ever forming ΔW: optimal rank-r, error from the tail
   singular values.
 - `randomized_svd(D, r)`: dense deltas (TIES/DARE/prune). Halko, Martinsson &
-  Tropp (2011): Gaussian sketch with oversampling, power iterations with QR
-  re-orthonormalisation, seeded. Only (r+p)-sized SVDs are computed.
+  Tropp (2011): a sketch with oversampling, power iterations with QR
+  re-orthonormalisation, seeded. Only (r+p)-sized SVDs are computed. A merge's
+  sketch starts from its adapters' own row spaces (their A factors, `start`):
+  trimming, dropping and sign election perturb a sum of low-rank deltas but keep
+  most of it there. Two power iterations from there came as close to the optimal
+  rank-r error as three from a Gaussian sketch on the demo's trained adapters at
+  rank 8 (within 2e-5 relative of it for TIES), a little less close at rank Σr
+  (5e-3 against 2e-3), and closer on random adapters; each iteration is two
+  passes over D, most of a TIES merge's time.
 
 Both return (B' [out, r], A' [r, in], rel_err, ‖ΔW‖²_F) with ΔW ≈ B'·A' (scale 1).
 QR/SVD run on a CPU stream (MLX implements them there only): the current stream
@@ -60,14 +67,27 @@ def factored_svd(b: mx.array, a: mx.array, rank: int) -> tuple[mx.array, mx.arra
 
 
 def randomized_svd(
-    d: mx.array, rank: int, oversample: int = 16, power_iters: int = 3, key: mx.array | None = None
+    d: mx.array,
+    rank: int,
+    oversample: int = 16,
+    power_iters: int = 3,
+    key: mx.array | None = None,
+    start: mx.array | None = None,
 ) -> tuple[mx.array, mx.array, float, float]:
-    """Rank-`rank` factors of dense `d` [out, in] by randomized SVD; error measured exactly."""
+    """Rank-`rank` factors of dense `d` [out, in] by randomized SVD; error measured exactly.
+
+    `start` [in, k]: directions expected to hold most of d's row space; the sketch
+    uses them and Gaussian columns for the rest of its width (rank + oversample).
+    """
     out_dim, in_dim = d.shape
-    width = min(rank + oversample, out_dim, in_dim)
     if key is None:
         key = mx.random.key(0)
-    omega = mx.random.normal((in_dim, width), key=key, dtype=d.dtype)
+    cols = [] if start is None else [start.astype(d.dtype)]
+    given = 0 if start is None else start.shape[1]
+    width = min(max(rank + oversample, given), out_dim, in_dim)
+    if given < width:
+        cols.append(mx.random.normal((in_dim, width - given), key=key, dtype=d.dtype))
+    omega = mx.concatenate(cols, axis=1)[:, :width] if len(cols) > 1 else cols[0][:, :width]
     q, _ = mx.linalg.qr(d @ omega, stream=_cpu())
     for _ in range(power_iters):
         # dᵀ·q as (qᵀ·d)ᵀ: the same product, but BLAS streams d row-major (~30% faster)
