@@ -24,6 +24,7 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
+from mlx_lm.models import llama
 from mlx_lm.models.cache import (
     BatchKVCache,
     KVCache,
@@ -33,6 +34,7 @@ from mlx_lm.models.cache import (
 )
 from tqdm import tqdm
 
+from .cpu.streams import default_streams, map_on_streams
 from .lora import detach_lora, load_adapter_into
 from .tasks import Task
 from .tasks import metrics as M
@@ -252,7 +254,18 @@ def _prefilled(
             for r, i in enumerate(idx):
                 rows[r, pads[r] :] = seqs[i]
             x = mx.array(rows)
-        yield idx, cache, model(x, cache=cache)[:, -1]
+        yield idx, cache, _last_logits(model, x, cache)
+
+
+def _last_logits(model, x: mx.array, cache) -> mx.array:
+    """Logits at each row's last position: an mlx-lm Llama's LM head on those rows only,
+    not on every prompt position (on the nano base that head is a sixth of a prefill)."""
+    if isinstance(model, llama.Model):
+        h = model.model(x, cache)[:, -1:]
+        tied = model.args.tie_word_embeddings
+        out = model.model.embed_tokens.as_linear(h) if tied else model.lm_head(h)
+        return out[:, -1]
+    return model(x, cache=cache)[:, -1]
 
 
 def _left_paddable(model) -> bool:
@@ -269,7 +282,8 @@ def greedy_generate(
     exactly what one-at-a-time decoding gives).
     """
 
-    return _generate(model, tokenizer, prompts, max_new_tokens, exact)[0]
+    seqs = [encode_prompt(tokenizer, p) for p in prompts]
+    return _generate(model, tokenizer, seqs, max_new_tokens, exact)[0]
 
 
 def generate_and_score_labels(
@@ -286,18 +300,20 @@ def generate_and_score_labels(
             greedy_generate(model, tokenizer, prompts, max_new_tokens),
             label_scores(model, tokenizer, prompts, labels),
         )
-    return _generate(
-        model, tokenizer, prompts, max_new_tokens, False, _label_ids(tokenizer, labels)
-    )
+    seqs = [encode_prompt(tokenizer, p) for p in prompts]
+    return _generate(model, tokenizer, seqs, max_new_tokens, False, _label_ids(tokenizer, labels))
 
 
 def _generate(
-    model, tokenizer, prompts: list[str], max_new_tokens: int, exact: bool, l_ids=None
+    model, tokenizer, seqs: list[list[int]], max_new_tokens: int, exact: bool, l_ids=None
 ) -> tuple[list[str], np.ndarray | None]:
-    """Greedy texts of `prompts`, and with label ids `l_ids` their label log-likelihoods
-    scored from the same prefill (before decoding goes on from it)."""
+    """Greedy texts of the encoded prompts `seqs`, and with label ids `l_ids` their label
+    log-likelihoods scored from the same prefill (before decoding goes on from it).
+
+    It only decodes with `tokenizer`: decoding from several threads at once is safe,
+    encoding is not (a fast tokenizer's encode borrows it mutably: "Already borrowed").
+    """
     eos = _eos_ids(tokenizer)
-    seqs = [encode_prompt(tokenizer, p) for p in prompts]
     texts = [""] * len(seqs)
     scores = None if l_ids is None else np.zeros((len(seqs), len(l_ids)), dtype=np.float64)
     for idx, cache, logits in _prefilled(model, seqs, exact):
@@ -337,23 +353,52 @@ def _vocab(model) -> int:
 # ---------------------------------------------------------------- one task, many methods
 
 
-def score_task(model, tokenizer, task: Task, examples: list[dict], batch_size: int = 64) -> dict:
-    """All metrics of `task` for the model as it is now; `examples` are prompt/completion pairs."""
+def _chunks(n: int, batch_size: int, workers: int) -> list[tuple[int, int]]:
+    """[start, end) of near-equal chunks of n rows: at most batch_size each, at least `workers`."""
+    k = min(n, max(workers, -(-n // batch_size)))
+    edges = [round(i * n / k) for i in range(k + 1)] if k else [0]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def score_task(
+    model,
+    tokenizer,
+    task: Task,
+    examples: list[dict],
+    batch_size: int = 64,
+    workers: int | None = None,
+) -> dict:
+    """All metrics of `task` for the model as it is now; `examples` are prompt/completion pairs.
+
+    The prompts are split into chunks decoded `workers` at a time on CPU streams of
+    their own (`cpu.streams`; default: 2 on the CPU, 1 on a GPU): decoding is small
+    GEMMs and single-threaded elementwise work, which one stream runs on one core.
+    """
     prompts = [e["prompt"] for e in examples]
     refs = [e["completion"].strip() for e in examples]
     t0 = time.perf_counter()
-    gens: list[str] = []
-    parts: list[np.ndarray] = []  # label tasks: label scores from the same prefill
-    for i in range(0, len(prompts), batch_size):
-        batch = prompts[i : i + batch_size]
-        if task.is_label_task:
-            texts, part = generate_and_score_labels(
-                model, tokenizer, batch, task.max_new_tokens, task.label_names
-            )
-            parts.append(part)
-        else:
-            texts = greedy_generate(model, tokenizer, batch, task.max_new_tokens)
-        gens += texts
+    workers = workers or default_streams()
+    # encoded here, once: the workers only decode (see `_generate`)
+    seqs = [encode_prompt(tokenizer, p) for p in prompts]
+    l_ids = _label_ids(tokenizer, task.label_names) if task.is_label_task else None
+    if l_ids is not None and not can_trim_prompt_cache(make_prompt_cache(model)):
+        l_ids, workers = None, 1  # labels scored by a second pass (label_scores), serially
+
+    def run(chunk: tuple[int, int]) -> tuple[list[str], np.ndarray | None]:
+        batch = seqs[chunk[0] : chunk[1]]
+        texts, part = _generate(model, tokenizer, batch, task.max_new_tokens, False, l_ids)
+        if task.is_label_task and part is None:
+            part = label_scores(model, tokenizer, prompts[chunk[0] : chunk[1]], task.label_names)
+        return texts, part
+
+    chunks = _chunks(len(prompts), batch_size, workers)
+    if workers > 1 and len(chunks) > 1:
+        # A worker cannot evaluate an array made lazily on this thread's stream (a fused
+        # delta, a loaded adapter, a RoPE table): one forward here evaluates all it reads.
+        mx.eval(model(mx.array([[0]])))
+    done = map_on_streams(run, chunks, workers)
+    gens = [t for texts, _ in done for t in texts]
+    parts = [part for _, part in done]  # label tasks: label scores from the same prefill
     result: dict[str, Any] = {"n": len(examples)}
     if task.is_label_task:
         labels = task.label_names

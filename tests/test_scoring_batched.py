@@ -107,3 +107,58 @@ def test_score_task_on_a_label_task_prefills_each_batch_once(tiny, monkeypatch):
     assert len(calls) == 3  # 10 examples in batches of 4: one prefill each, not two
     for key in ("accuracy_gen", "accuracy_ll", "macro_f1_ll"):
         assert after[key] == before[key]
+
+
+@pytest.mark.parametrize("n, batch_size, workers, sizes", [
+    (100, 64, 2, [50, 50]), (48, 64, 2, [24, 24]), (10, 4, 2, [3, 4, 3]), (10, 4, 1, [3, 4, 3]),
+    (1, 64, 2, [1]), (130, 64, 1, [43, 44, 43]),
+])  # fmt: skip
+def test_score_task_splits_prompts_into_near_equal_chunks(n, batch_size, workers, sizes):
+    chunks = S._chunks(n, batch_size, workers)
+    assert [b - a for a, b in chunks] == sizes
+    assert chunks[0][0] == 0 and chunks[-1][1] == n
+    assert all(b == c for (_, b), (c, _) in zip(chunks, chunks[1:], strict=False))
+
+
+@pytest.mark.parametrize("task_name", ["sentiment", "summarization"])
+def test_score_task_on_two_workers_equals_one(tiny, task_name):
+    """Same chunks, decoded two at a time on worker threads or one after the other."""
+    model, tok = tiny
+    task = get_task(task_name)
+    examples = load_examples(task, "synthetic", "test", n=10)
+    one = S.score_task(model, tok, task, examples, batch_size=4, workers=1)
+    two = S.score_task(model, tok, task, examples, batch_size=4, workers=2)
+    for key in ("accuracy_gen", "accuracy_ll", "macro_f1_ll", "rouge_l", "samples"):
+        assert one.get(key) == two.get(key)
+    assert one["score"] == two["score"]
+
+
+def test_score_task_workers_read_weights_made_lazily_on_the_calling_thread(tiny):
+    """A fused or loaded weight still lazy when scoring starts names the caller's stream,
+    which a worker thread cannot run; score_task evaluates what the forward reads first."""
+    model, tok = tiny
+    task = get_task("sentiment")
+    examples = load_examples(task, "synthetic", "test", n=6)
+    before = S.score_task(model, tok, task, examples, batch_size=4, workers=1)
+    layer = model.model.layers[0].self_attn.q_proj
+    old = layer.weight
+    layer.weight = old * 1.0 + mx.zeros_like(old)  # same values, lazy on this thread
+    try:
+        after = S.score_task(model, tok, task, examples, batch_size=4, workers=2)
+    finally:
+        layer.weight = old
+    assert after["samples"] == before["samples"] and after["score"] == before["score"]
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_last_position_logits_equal_the_full_forwards_last_row(tied):
+    from helpers_train import tiny_args
+    from mlx_lm.models import llama
+
+    mx.random.seed(3)
+    model = llama.Model(tiny_args(tie_word_embeddings=tied))
+    mx.eval(model.parameters())
+    x = mx.array([[5, 9, 2, 7, 1], [3, 3, 8, 6, 4]])
+    got = S._last_logits(model, x, None)
+    assert got.shape == (2, 64)
+    np.testing.assert_allclose(np.array(got), np.array(model(x)[:, -1]), atol=1e-5)
