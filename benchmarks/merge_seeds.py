@@ -9,6 +9,11 @@ retention over seeds (mean, min, max) and its rank per seed.
 
     mixlora demo --seed 1 --no-merge --no-route --out runs/seed1   # and 2; seed 0 is docs/demo
     python benchmarks/merge_seeds.py docs/demo runs/seed1 runs/seed2
+
+`--on fit` scores on the validation rows the learned merges and the searches were
+fitted on (the calibration set itself) instead of the test split. A merge that has
+seen its test there keeps at most about that much: an optimistic bound on what a
+merge of that form reaches on these adapters.
 """
 
 from __future__ import annotations
@@ -23,14 +28,14 @@ from pathlib import Path
 from mlx_mixlora.bench.env import machine_record
 from mlx_mixlora.demo.pipeline import CALIB_EXAMPLES, DemoConfig, merge_methods, retention
 from mlx_mixlora.io import write_json
-from mlx_mixlora.merge.calibration import task_calibration
+from mlx_mixlora.merge.calibration import CALIB_SPLIT, task_calibration
 from mlx_mixlora.model import base_identity, load
 from mlx_mixlora.nano import ensure_nano_base
 from mlx_mixlora.scoring import adapter_method, evaluate_matrix
 from mlx_mixlora.tasks import load_examples, resolve_task
 
 
-def one_seed(run: Path, model, tok, identity: dict, n_eval: int) -> dict:
+def one_seed(run: Path, model, tok, identity: dict, n_eval: int, on: str = "test") -> dict:
     saved = json.loads((run / "results.json").read_text())
     seed = saved["seed"]
     tasks = [resolve_task(t) for t in saved["tasks"]]
@@ -41,12 +46,17 @@ def one_seed(run: Path, model, tok, identity: dict, n_eval: int) -> dict:
         cfg = DemoConfig(seed=seed, progress=False)
         merges = merge_methods((model, tok), calib, adapters, Path(tmp), identity, cfg, timings)
         own = [adapter_method(f"adapter:{n}", p, base=identity) for n, p in adapters.items()]
-        evals = {t.name: load_examples(t, "synthetic", "test", n=n_eval, seed=seed) for t in tasks}
+        split, n = (CALIB_SPLIT, CALIB_EXAMPLES) if on == "fit" else ("test", n_eval)
+        evals = {t.name: load_examples(t, "synthetic", split, n=n, seed=seed) for t in tasks}
+        if on == "fit":  # the very rows the merges were fitted on
+            assert [e["prompt"] for e in sum(evals.values(), [])] == [c.prompt for c in calib]
         res = evaluate_matrix(model, tok, tasks, evals, own + merges, progress=False)
     ret = retention(res)
     return {
         "seed": seed,
         "run": str(run),
+        "scored_on": on,
+        "examples_per_task": {t: len(e) for t, e in evals.items()},
         "retention": ret,
         "mean_retention": {m: statistics.mean(r.values()) for m, r in ret.items()},
         "own_scores": {t.name: res["scores"][f"adapter:{t.name}"][t.name]["score"] for t in tasks},
@@ -81,6 +91,12 @@ def main() -> None:
     ap.add_argument("--eval-examples", type=int, default=100)
     ap.add_argument("--out", default="benchmarks/results/merge_seeds.json")
     ap.add_argument("--keep", help="dir for each seed's result, reused when present (resumable)")
+    ap.add_argument(
+        "--on",
+        choices=("test", "fit"),
+        default="test",
+        help="score on the test split, or on the calibration rows the merges were fitted on",
+    )
     ap.add_argument("--table", action="store_true", help="print the summary as a markdown table")
     args = ap.parse_args()
     base = ensure_nano_base(progress=False)
@@ -89,11 +105,12 @@ def main() -> None:
     t0 = time.perf_counter()
     seeds = []
     for run in args.runs:
-        kept = Path(args.keep) / (Path(run).resolve().name + ".json") if args.keep else None
+        name = Path(run).resolve().name + ("" if args.on == "test" else f"-{args.on}")
+        kept = Path(args.keep) / (name + ".json") if args.keep else None
         if kept is not None and kept.is_file():
             seeds.append(json.loads(kept.read_text()))
         else:
-            seeds.append(one_seed(Path(run), model, tok, identity, args.eval_examples))
+            seeds.append(one_seed(Path(run), model, tok, identity, args.eval_examples, args.on))
             if kept is not None:
                 write_json(kept, seeds[-1])
         print(json.dumps({"seed": seeds[-1]["seed"], **seeds[-1]["mean_retention"]}), flush=True)
@@ -113,6 +130,7 @@ def main() -> None:
     report = {
         "machine": machine_record(gemm=False),
         "seconds": round(time.perf_counter() - t0, 1),
+        "scored_on": args.on,
         "summary": summary,
         "seeds": seeds,
     }
