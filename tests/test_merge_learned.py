@@ -14,7 +14,7 @@ from mlx_mixlora.adapter_format import Adapter
 from mlx_mixlora.errors import MixloraError
 from mlx_mixlora.lora import attach_lora, detach_lora
 from mlx_mixlora.merge import merge_adapters
-from mlx_mixlora.merge.adamerging import SplitValueAndGrad, learn_coefficients
+from mlx_mixlora.merge.adamerging import learn_coefficients
 from mlx_mixlora.merge.calibration import CalibExample, read_calibration, task_calibration
 from mlx_mixlora.merge.coefficients import (
     merged_weights,
@@ -95,29 +95,6 @@ def test_lambda_gradients_match_finite_differences(objective):
             fd[idx] = (f(lam0 + mx.array(d)).item() - f(lam0 - mx.array(d)).item()) / (2 * eps)
     assert np.abs(grad).max() > 1e-3  # λ matters
     np.testing.assert_allclose(grad, fd, rtol=2e-2, atol=2e-4)
-
-
-@pytest.mark.parametrize("objective", [entropy, cross_entropy])
-def test_the_step_split_over_two_streams_equals_one(objective):
-    """The parts' losses and λ gradients, summed over two CPU streams, are the whole batch's."""
-    model = tiny_model(1)
-    ads = _adapters(model)
-    table = table_for(ads, "module", 2)
-    batch = _batch(labels_first=objective is entropy)
-    assert len(batch.parts) >= 2
-    lam = mx.array(np.random.default_rng(2).uniform(0.2, 0.8, table.shape).astype(np.float32))
-    with weighted_adapters(model, ads) as layers:
-
-        def f(lam, parts=batch):
-            set_coefficients(layers, table, lam)
-            return objective(model, parts)
-
-        one, two = SplitValueAndGrad(f, batch, 1), SplitValueAndGrad(f, batch, 2)
-        assert len(one.streams) == 1 and len(two.streams) == 2
-        (l1, g1), (l2, g2) = one(lam), two(lam)
-        np.testing.assert_allclose(l2.item(), l1.item(), rtol=1e-5)
-        np.testing.assert_allclose(np.array(g2), np.array(g1), rtol=1e-4, atol=1e-6)
-        assert np.abs(np.array(g1)).max() > 1e-3
 
 
 def test_identical_adapters_recover_lambdas_that_reproduce_the_adapter():

@@ -11,7 +11,6 @@ so a run is deterministic on a given machine. The same loop with
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +19,6 @@ from dataclasses import dataclass, field
 import mlx.core as mx
 
 from ..adapter_format import Adapter
-from ..cpu.streams import blas_threads, default_streams
 from ..errors import MixloraError
 from ..modules import n_layers
 from ..scoring import encode_continuation, greedy_generate
@@ -33,7 +31,7 @@ from .coefficients import (
     weighted_adapters,
 )
 from .methods import LEARN_LR, LEARN_STEPS
-from .objectives import OBJECTIVES, Batch, build_batch, teacher_logprobs
+from .objectives import OBJECTIVES, build_batch, teacher_logprobs
 
 DEFAULT_STEPS = LEARN_STEPS
 DEFAULT_LR = LEARN_LR
@@ -141,65 +139,19 @@ def learn_coefficients(
         if objective == "distill":
             _teachers(model, adapters, layers, batch)
 
-        def loss_fn(lam: mx.array, parts: Batch = batch) -> mx.array:
+        def loss_fn(lam: mx.array) -> mx.array:
             set_coefficients(layers, table, lam)
-            return loss_of(model, parts)
+            return loss_of(model, batch)
 
-        value_and_grad = SplitValueAndGrad(loss_fn, batch)
-        lam, losses = _adam(value_and_grad, table.full(float(init)), steps, lr, objective, log)
-        losses.append(finite(float(loss_fn(lam)), "loss"))
-    if not bool(mx.all(mx.isfinite(lam)).item()):
-        raise MixloraError("learned merge coefficients are not finite; nothing written")
-    return Learned(table, lam, losses, time.perf_counter() - t0, per_task_counts(calib))
-
-
-class SplitValueAndGrad:
-    """value-and-grad of a loss summed over `Batch.parts`, the parts split over CPU streams.
-
-    One compiled trace per stream (a trace cannot span two streams; λ is its only
-    input, the model and the parts are constants), summed outside: the same loss
-    and gradient up to float rounding, with both cores busy (`cpu.streams`).
-    """
-
-    def __init__(self, loss_fn, batch: Batch, n_streams: int | None = None):
-        groups = _balanced(batch.parts, n_streams or default_streams())
-        self.streams = [mx.new_stream(mx.cpu) for _ in groups] if len(groups) > 1 else [None]
-        self.fns = []
-        for group in groups:
-            fn = mx.value_and_grad(lambda lam, parts=Batch(group): loss_fn(lam, parts))
-            self.fns.append(mx.compile(fn) if COMPILE else fn)
-
-    def __call__(self, lam: mx.array) -> tuple[mx.array, mx.array]:
-        outs = []
-        for fn, stream in zip(self.fns, self.streams, strict=True):
-            with mx.stream(stream) if stream is not None else contextlib.nullcontext():
-                outs.append(fn(lam))
-        loss, grad = outs[0]
-        for part_loss, part_grad in outs[1:]:
-            loss, grad = loss + part_loss, grad + part_grad
-        return loss, grad
-
-
-def _balanced(parts: list, n: int) -> list[list]:
-    """`parts` in at most n groups of similar size (token positions), largest first."""
-    n = max(1, min(n, len(parts)))
-    groups: list[list] = [[] for _ in range(n)]
-    load = [0] * n
-    for p in sorted(parts, key=lambda p: -p.tokens.size):
-        i = load.index(min(load))
-        groups[i].append(p)
-        load[i] += p.tokens.size
-    return groups
-
-
-def _adam(value_and_grad: SplitValueAndGrad, lam, steps, lr, objective, log):
-    """(λ, losses) after `steps` Adam steps, λ clamped to BOUNDS after each."""
-    m = mx.zeros_like(lam)
-    v = mx.zeros_like(lam)
-    b1, b2, eps = 0.9, 0.999, 1e-8
-    losses: list[float] = []
-    split = len(value_and_grad.streams) > 1
-    with blas_threads(1) if split else contextlib.nullcontext():  # one core per stream
+        # one trace for all steps: λ is the only input, the model and batch are constants
+        value_and_grad = mx.value_and_grad(loss_fn)
+        if COMPILE:
+            value_and_grad = mx.compile(value_and_grad)
+        lam = table.full(float(init))
+        m = mx.zeros_like(lam)
+        v = mx.zeros_like(lam)
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        losses = []
         for step in range(1, steps + 1):
             loss, g = value_and_grad(lam)
             mx.eval(loss, g)
@@ -211,7 +163,10 @@ def _adam(value_and_grad: SplitValueAndGrad, lam, steps, lr, objective, log):
             mx.eval(lam)
             if log is not None and (step == 1 or step % 10 == 0 or step == steps):
                 log(f"step {step}/{steps}: {objective} {losses[-1]:.4f}")
-    return lam, losses
+        losses.append(finite(float(loss_fn(lam)), "loss"))
+    if not bool(mx.all(mx.isfinite(lam)).item()):
+        raise MixloraError("learned merge coefficients are not finite; nothing written")
+    return Learned(table, lam, losses, time.perf_counter() - t0, per_task_counts(calib))
 
 
 def _teachers(model, adapters, layers, batch) -> None:
