@@ -145,6 +145,7 @@ def main() -> None:
     ap.add_argument("--eval-examples", type=int, default=100)
     ap.add_argument("--iters", type=int, help="override the recipe's steps")
     ap.add_argument("--examples", type=int, help="override the recipe's training examples")
+    ap.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     ap.add_argument("--out", default="benchmarks/results/recipe_robustness.json")
     ap.add_argument("--keep", help="dir for each (task, seed) result, reused when present")
     ap.add_argument("--table", action="store_true", help="print the runs as a markdown table")
@@ -155,6 +156,7 @@ def main() -> None:
     identity = base_identity(base)
     over = {"iters": args.iters} if args.iters else {}
     over |= {"examples": args.examples} if args.examples else {}
+    over |= {"batch_size": args.batch_size} if args.batch_size else {}
     t0 = time.perf_counter()
     runs = []
     for task in tasks:
@@ -162,6 +164,7 @@ def main() -> None:
             tag = [identity["fingerprint"], task.name, phrasings_fingerprint(task), f"seed{seed}"]
             tag += [f"iters{args.iters}"] if args.iters else []
             tag += [f"examples{args.examples}"] if args.examples else []
+            tag += [f"batch{args.batch_size}"] if args.batch_size else []
             kept = Path(args.keep) / ("-".join(tag) + ".json") if args.keep else None
             if kept is not None and kept.is_file():
                 runs.append(json.loads(kept.read_text()))
@@ -177,6 +180,7 @@ def main() -> None:
         "base": {"path": str(base), **identity},
         "iters_override": args.iters,
         "examples_override": args.examples,
+        "batch_size_override": args.batch_size,
         "seconds": round(time.perf_counter() - t0, 1),
         "target_natural_over_template": TARGET,
         "summary": summarise(runs),

@@ -176,19 +176,18 @@ NANO_TRAIN = {
     "rank": 8,
     "alpha": 16,
     "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "batch_size": 32,
     "lr": 1.0e-3,
     "warmup": 10,
     "pack": False,
     "max_seq_len": 256,
     "seed": 0,
 }
-# (steps, examples) per task, chosen on held-out phrasings (see adapters/*.nano.yaml)
+# (steps, batch size, examples) per task, chosen on held-out phrasings (see adapters/*.nano.yaml)
 NANO_STEPS = {
-    "classification": (360, 11520),
-    "qa": (400, 3840),
-    "summarization": (480, 3840),
-    "sentiment": (360, 11520),
+    "classification": (360, 32, 11520),
+    "qa": (400, 32, 3840),
+    "summarization": (480, 16, 3840),
+    "sentiment": (360, 32, 11520),
 }
 HUB_TRAIN = {
     "rank": 8,
@@ -211,8 +210,9 @@ def test_the_demo_trains_from_the_shipped_recipes(task):
         assert shipped[name].read_bytes() == (ADAPTERS / name).read_bytes()
     nano = builtin_recipe(task, "nano")
     assert (nano.task, nano.model, nano.source) == (task, "nano", "synthetic")
-    iters, examples = NANO_STEPS[task]
-    assert nano.train == {**NANO_TRAIN, "iters": iters} and nano.examples == examples
+    iters, batch, examples = NANO_STEPS[task]
+    assert nano.train == {**NANO_TRAIN, "iters": iters, "batch_size": batch}
+    assert nano.examples == examples
     assert nano.prompts == "varied"
     hub = read_recipe(ADAPTERS / f"{task}.tinyllama.yaml")
     assert hub.source == "hub" and hub.model.startswith("TinyLlama/")
