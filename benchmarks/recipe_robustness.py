@@ -63,15 +63,9 @@ def run_one(model, tok, identity: dict, task, seed: int, n_eval: int, where: Pat
     examples = load_examples(
         task, "synthetic", "train", n=n_train, seed=seed, prompts=recipe.prompts
     )
+    cfg = recipe.train_config(seed=seed, name=task.name, **over)
     t0 = time.perf_counter()
-    res = train_adapter(
-        (model, tok),
-        examples,
-        where,
-        recipe.train_config(seed=seed, name=task.name, **over),
-        progress=False,
-        base=identity,
-    )
+    res = train_adapter((model, tok), examples, where, cfg, progress=False, base=identity)
     train_s = time.perf_counter() - t0
     scores = {}
     with adapter_method(task.name, where, base=identity).use(model, task):
@@ -83,6 +77,7 @@ def run_one(model, tok, identity: dict, task, seed: int, n_eval: int, where: Pat
         "phrasings": phrasings_fingerprint(task),
         "train_prompts": recipe.prompts,
         "examples": len(examples),
+        "batch_size": cfg.batch_size,
         "steps": res.steps,
         "train_loss": None if res.train_loss is None else round(float(res.train_loss), 4),
         "train_seconds": round(train_s, 1),
