@@ -184,17 +184,22 @@ def label_scores(
     """
 
     p_ids = [encode_prompt(tokenizer, p) for p in prompts]
-    l_ids = _label_ids(tokenizer, labels)
-    vocab = _vocab(model)
-    out = np.zeros((len(prompts), len(labels)), dtype=np.float64)
+    return _label_scores_of(model, p_ids, _label_ids(tokenizer, labels), exact)
+
+
+def _label_scores_of(
+    model, p_ids: list[list[int]], l_ids: list[list[int]], exact: bool = False
+) -> np.ndarray:
+    """`label_scores` of encoded prompts and labels (no tokenizer: safe on worker threads)."""
     if not can_trim_prompt_cache(make_prompt_cache(model)):  # e.g. rotating caches
         flat = sequence_logprobs(
             model,
             [p for p in p_ids for _ in l_ids],
             [lab for _ in p_ids for lab in l_ids],
-            vocab,
+            _vocab(model),
         )
-        return flat.reshape(len(prompts), len(labels))
+        return flat.reshape(len(p_ids), len(l_ids))
+    out = np.zeros((len(p_ids), len(l_ids)), dtype=np.float64)
     for idx, cache, last in _prefilled(model, p_ids, exact):
         out[idx] = _label_logprobs(model, cache, last, l_ids)
     return out
@@ -293,13 +298,8 @@ def generate_and_score_labels(
 
     The labels are scored from the prefilled cache and trimmed off, then decoding
     continues from it: the same texts and scores as the two calls, one prompt pass
-    instead of two. Models whose cache cannot be trimmed make the two calls.
+    instead of two. Models whose cache cannot be trimmed score the labels in a pass of their own.
     """
-    if not can_trim_prompt_cache(make_prompt_cache(model)):
-        return (
-            greedy_generate(model, tokenizer, prompts, max_new_tokens),
-            label_scores(model, tokenizer, prompts, labels),
-        )
     seqs = [encode_prompt(tokenizer, p) for p in prompts]
     return _generate(model, tokenizer, seqs, max_new_tokens, False, _label_ids(tokenizer, labels))
 
@@ -315,9 +315,14 @@ def _generate(
     """
     eos = _eos_ids(tokenizer)
     texts = [""] * len(seqs)
-    scores = None if l_ids is None else np.zeros((len(seqs), len(l_ids)), dtype=np.float64)
+    scores = None
+    together = l_ids is not None and can_trim_prompt_cache(make_prompt_cache(model))
+    if together:
+        scores = np.zeros((len(seqs), len(l_ids)), dtype=np.float64)
+    elif l_ids is not None:  # the labels cannot be trimmed off the cache: a pass of their own
+        scores = _label_scores_of(model, seqs, l_ids)
     for idx, cache, logits in _prefilled(model, seqs, exact):
-        if scores is not None:
+        if together:
             scores[idx] = _label_logprobs(model, cache, logits, l_ids)
         _decode(model, tokenizer, eos, idx, cache, logits, max_new_tokens, texts)
     return [t.strip() for t in texts], scores
@@ -381,15 +386,9 @@ def score_task(
     # encoded here, once: the workers only decode (see `_generate`)
     seqs = [encode_prompt(tokenizer, p) for p in prompts]
     l_ids = _label_ids(tokenizer, task.label_names) if task.is_label_task else None
-    if l_ids is not None and not can_trim_prompt_cache(make_prompt_cache(model)):
-        l_ids, workers = None, 1  # labels scored by a second pass (label_scores), serially
 
     def run(chunk: tuple[int, int]) -> tuple[list[str], np.ndarray | None]:
-        batch = seqs[chunk[0] : chunk[1]]
-        texts, part = _generate(model, tokenizer, batch, task.max_new_tokens, False, l_ids)
-        if task.is_label_task and part is None:
-            part = label_scores(model, tokenizer, prompts[chunk[0] : chunk[1]], task.label_names)
-        return texts, part
+        return _generate(model, tokenizer, seqs[slice(*chunk)], task.max_new_tokens, False, l_ids)
 
     chunks = _chunks(len(prompts), batch_size, workers)
     if workers > 1 and len(chunks) > 1:

@@ -162,3 +162,28 @@ def test_last_position_logits_equal_the_full_forwards_last_row(tied):
     got = S._last_logits(model, x, None)
     assert got.shape == (2, 64)
     np.testing.assert_allclose(np.array(got), np.array(model(x)[:, -1]), atol=1e-5)
+
+
+def test_a_cache_that_cannot_be_trimmed_scores_labels_by_full_sequences(tiny, monkeypatch):
+    """Rotating or quantised caches cannot drop the label tokens again: the labels are then
+    scored as whole prompt+label sequences, with the same answers and near-equal scores."""
+    model, tok = tiny
+    task = get_task("classification")  # multi-token labels
+    examples = load_examples(task, "synthetic", "test", n=10)
+    prompts = [e["prompt"] for e in examples]
+    texts, scores = S.generate_and_score_labels(model, tok, prompts, 8, task.label_names)
+    trimmed = S.score_task(model, tok, task, examples, batch_size=4, workers=2)
+    monkeypatch.setattr(S, "can_trim_prompt_cache", lambda cache: False)
+
+    def no_trim(*a, **k):
+        raise AssertionError("a cache that cannot be trimmed was trimmed")
+
+    monkeypatch.setattr(S, "trim_prompt_cache", no_trim)
+    texts2, scores2 = S.generate_and_score_labels(model, tok, prompts, 8, task.label_names)
+    assert texts2 == texts
+    np.testing.assert_allclose(scores2, scores, atol=2e-4)
+    assert scores.std() > 0.1
+    for workers in (1, 2):
+        full = S.score_task(model, tok, task, examples, batch_size=4, workers=workers)
+        for key in ("accuracy_gen", "accuracy_ll", "macro_f1_ll", "samples"):
+            assert full[key] == trimmed[key]
