@@ -166,12 +166,31 @@ def atomic_dir(dst: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
+def _aside(dst: Path) -> Path:
+    """Where `dst` is moved before it is replaced or deleted: a name `sweep_stale` clears."""
+    return dst.with_name(f".{dst.name}.old-{os.getpid()}")
+
+
+def remove_published(dst: str | Path) -> None:
+    """Delete a published output so that a kill midway leaves nothing partial under its name.
+
+    It is renamed aside first (atomic), then removed; what a kill leaves is a hidden
+    `.NAME.old-PID` that the next `sweep_stale` clears.
+    """
+    dst = Path(dst)
+    old = _aside(dst)
+    _remove(old)
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(dst, old)
+    _remove(old)
+
+
 def _publish(tmp: Path, dst: Path) -> None:
     """Rename `tmp` onto `dst`; an existing `dst` is moved aside first and restored on failure."""
     if not os.path.lexists(dst):
         os.replace(tmp, dst)
         return
-    old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+    old = _aside(dst)
     _remove(old)
     os.replace(dst, old)
     try:

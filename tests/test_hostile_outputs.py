@@ -259,3 +259,37 @@ def test_overwrite_leaves_no_old_copy(tmp_path, model_dir, existing):
     assert leftovers(tmp_path, "m") == []
     load_adapter(out)
     assert (target / "keep.txt").read_text() == "mine"  # a link is replaced, never followed
+
+
+def test_a_kill_while_old_checkpoints_are_pruned_leaves_no_partial_step(tmp_path, monkeypatch):
+    """Pruning a checkpoint is interrupted after its first file is gone (a kill mid-delete):
+    every step_* still visible is whole (the rest sits under a hidden `.old-PID` name)."""
+    import shutil
+
+    import mlx.core as mx
+
+    from mlx_mixlora.train import checkpoint
+
+    ckpts = tmp_path / "run.checkpoints"
+    lora = {"a": mx.ones((2, 2))}
+    for step in (1, 2):
+        checkpoint.save(ckpts, step, lora, {"m": mx.zeros((2,))}, {"config": {}}, keep=2)
+    real = shutil.rmtree
+
+    def killed_mid_delete(path, *a, **k):
+        path = os.fspath(path)
+        first = os.path.join(path, checkpoint.STATE_FILE)
+        os.remove(first if os.path.exists(first) else os.path.join(path, os.listdir(path)[0]))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed_mid_delete)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(ckpts, 3, lora, {"m": mx.zeros((2,))}, {"config": {}}, keep=2)
+    monkeypatch.setattr(shutil, "rmtree", real)
+    visible = sorted(p.name for p in ckpts.glob("step_*"))
+    assert visible == ["step_0000002", "step_0000003"]
+    for name in visible:
+        assert {p.name for p in (ckpts / name).iterdir()} == {
+            "adapters.safetensors", "optimizer.safetensors", checkpoint.STATE_FILE,
+        }  # fmt: skip
+    assert [p.name for p in checkpoint.list_steps(ckpts)] == visible

@@ -10,7 +10,6 @@ step alone says where to continue. Older checkpoints beyond `keep` are pruned.
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,14 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from ..errors import MixloraError
-from ..io import atomic_dir, check_safetensors_header, read_json, sweep_stale, write_json
+from ..io import (
+    atomic_dir,
+    check_safetensors_header,
+    read_json,
+    remove_published,
+    sweep_stale,
+    write_json,
+)
 from ..validate import checkpoint_step, finite_tensors
 from .data import Tokenized
 
@@ -57,8 +63,8 @@ def save(
         mx.save_safetensors(str(tmp / "adapters.safetensors"), lora)
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer_state)))
         write_json(tmp / STATE_FILE, {**info, "step": step})
-    for old in list_steps(ckpt_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    for old in list_steps(ckpt_dir)[:-keep]:  # a kill while pruning leaves no partial step_*
+        remove_published(old)
     return dst
 
 
