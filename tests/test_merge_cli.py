@@ -168,3 +168,18 @@ def test_help_lists_every_method_without_loading_mlx():
         assert name in r.output  # a --method choice
         if name == m.name:  # and a line of the method table (aliases only as a choice)
             assert any(line.split()[:2] == [name, m.kind] for line in r.output.splitlines())
+
+
+def test_cli_defaults_are_the_apis():
+    """`mixlora merge` with no option merges as `merge_adapters` with none: one set of defaults."""
+    import dataclasses
+
+    from mlx_mixlora.cli.merge_cmd import merge
+    from mlx_mixlora.merge.options import MergeOptions
+
+    api = {f.name: f.default for f in dataclasses.fields(MergeOptions)}
+    parsed = merge.make_context("merge", ["a1", "a2", "-m", "ties", "-o", "out"]).params
+    shared = set(parsed) & set(api)
+    assert shared >= {"seed", "lam", "oversample", "power_iters", "rank", "majority_sign"}
+    for name in shared:
+        assert parsed[name] == api[name], name

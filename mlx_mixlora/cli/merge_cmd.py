@@ -7,6 +7,7 @@ import json
 import click
 
 from ..merge.methods import METHODS, describe_methods
+from ..merge.options import MergeOptions
 from ..validate import COUNT, FINITE, FRACTION, NON_NEGATIVE_INT, SEED
 from . import merge_learned
 
@@ -15,7 +16,9 @@ from . import merge_learned
 @click.argument("adapters", nargs=-1, required=True, type=click.Path())
 @click.option("--method", "-m", required=True, type=click.Choice(METHODS), help="Merge method.")
 @click.option("--weights", help="Comma-separated weight per adapter (default 1 each).")
-@click.option("--lam", type=FINITE, default=1.0, show_default=True, help="task_arithmetic's λ.")
+@click.option(
+    "--lam", type=FINITE, default=MergeOptions.lam, show_default=True, help="task_arithmetic's λ."
+)
 @click.option(
     "--density",
     type=FRACTION,
@@ -28,20 +31,32 @@ from . import merge_learned
 @click.option("--layer-weights", help="Per-layer weight vectors: FIRST-LAST=w1,w2,...;...")
 @click.option("--rank", type=COUNT, help="Compress the result to this rank (SVD).")
 @click.option(
-    "--seed", type=SEED, default=0, show_default=True, help="DARE and randomized-SVD seed."
+    "--seed",
+    type=SEED,
+    default=MergeOptions.seed,
+    show_default=True,
+    help="DARE and randomized-SVD seed.",
 )
 @click.option(
     "--majority-sign",
     type=click.Choice(["total", "frequency"]),
-    default="total",
+    default=MergeOptions.majority_sign,
     show_default=True,
     help="TIES sign election.",
 )
 @click.option(
-    "--oversample", type=NON_NEGATIVE_INT, default=16, show_default=True, help="Randomized SVD."
+    "--oversample",
+    type=NON_NEGATIVE_INT,
+    default=MergeOptions.oversample,
+    show_default=True,
+    help="Randomized SVD.",
 )
 @click.option(
-    "--power-iters", type=NON_NEGATIVE_INT, default=3, show_default=True, help="Randomized SVD."
+    "--power-iters",
+    type=NON_NEGATIVE_INT,
+    default=MergeOptions.power_iters,
+    show_default=True,
+    help="Randomized SVD.",
 )
 @click.option("--name", help="Name recorded in the merged adapter's config.")
 @click.option("-o", "--out", "out", required=True, type=click.Path(), help="Output directory.")
