@@ -17,7 +17,7 @@ from helpers_merge import (
 
 from mlx_mixlora.adapter_format import module_path
 from mlx_mixlora.errors import MixloraError
-from mlx_mixlora.merge import METHODS, merge_adapters
+from mlx_mixlora.merge import METHODS, merge_adapters, svd
 from mlx_mixlora.merge.kernels import merge_slices, trim_thresholds, zero_entries
 from mlx_mixlora.merge.svd import randomized_svd
 
@@ -451,3 +451,31 @@ def test_registry_kinds_and_the_demo_line_up():
         ("merge:ties-search", "ties", {"search": True}),
         ("merge:dare_ties-search", "dare_ties", {"search": True}),
     )
+
+
+@pytest.mark.parametrize("case", ["gaussian", "ill_conditioned", "rank_deficient", "zero"])
+def test_thin_qr_is_orthonormal_and_reproduces_its_input(case, monkeypatch):
+    """CholeskyQR2 where it is accurate, Householder where the Gram matrix is (near) singular."""
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((512, 24))
+    if case == "ill_conditioned":  # cond 3e5: one Cholesky pass leaves Q ~1e-5 off orthonormal
+        u, _ = np.linalg.qr(y)
+        v, _ = np.linalg.qr(rng.standard_normal((24, 24)))
+        y = (u * np.logspace(0, -5.5, 24)) @ v.T
+    elif case == "rank_deficient":
+        y[:, 12:] = y[:, :12] @ rng.standard_normal((12, 12))
+    elif case == "zero":
+        y[:] = 0.0
+    householder, used = mx.linalg.qr, []
+
+    def counting(*args, **kwargs):
+        used.append(1)
+        return householder(*args, **kwargs)
+
+    monkeypatch.setattr(mx.linalg, "qr", counting)
+    q, r = svd._qr(mx.array(y.astype(np.float32)))
+    q, r = np.array(q, dtype=np.float64), np.array(r, dtype=np.float64)
+    assert bool(used) == (case in ("rank_deficient", "zero"))
+    assert q.shape == (512, 24) and r.shape == (24, 24)
+    assert np.abs(q @ r - y).max() < 1e-5 * max(1.0, np.abs(y).max())
+    assert np.abs(q.T @ q - np.eye(24)).max() < 1e-6
