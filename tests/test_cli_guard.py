@@ -84,3 +84,34 @@ def test_real_process_traceback_only_with_debug(tmp_path, adapter):
     env = {**os.environ, "MIXLORA_DEBUG": "1"}
     debug = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_console_script_exit_runs_exit_handlers_and_keeps_codes_and_output(tmp_path):
+    """`run` ends the process with os._exit: exit handlers (temp-dir finalizers, logging) still
+    run, the exit code and the buffered output are what `main` gave."""
+    marker = tmp_path / "handler_ran"
+    code = (
+        "import atexit, sys, tempfile, pathlib\n"
+        "from mlx_mixlora.cli import run\n"
+        f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"
+        "left = tempfile.TemporaryDirectory()  # never cleaned up explicitly\n"
+        f"pathlib.Path({str(tmp_path / 'tmpdir')!r}).write_text(left.name)\n"
+        "sys.argv = ['mixlora', *sys.argv[1:]]\n"
+        "run()\n"
+    )
+
+    def mixlora(*args):
+        return subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
+        )
+
+    ok = mixlora("--version")
+    assert ok.returncode == 0 and "version" in ok.stdout, ok.stderr
+    assert marker.read_text() == "yes"
+    assert not os.path.exists((tmp_path / "tmpdir").read_text())  # its finalizer ran
+    marker.unlink()
+    bad = mixlora("merge", str(tmp_path / "nope"), "-m", "linear", "-o", str(tmp_path / "m"))
+    assert bad.returncode == 1 and bad.stderr.strip().startswith("error: "), bad.stderr
+    assert marker.read_text() == "yes"
+    usage = mixlora("merge")  # click's own usage error: exit 2
+    assert usage.returncode == 2

@@ -1,5 +1,5 @@
 """`python -m mlx_mixlora.cli` = `mixlora` (for subprocesses and launchers)."""
 
-from . import main
+from . import run
 
-main()
+run()
