@@ -5,7 +5,10 @@ results.json), runs the demo's merge line-up (`demo.pipeline.MERGES`: fixed,
 learned and searched merges; calibration from the validation split of seed S)
 and scores each merge and each adapter on the seed's test split, as the demo
 does. Writes retention per method and task per seed, then each method's mean
-retention over seeds (mean, min, max) and its rank per seed.
+retention over seeds (mean, min, max) and its rank per seed, and how well the
+seeds agree on the ranking: Kendall's τ-b between every two seeds' mean
+retentions (1: the same order, 0: unrelated), over all methods and over the
+methods above the bottom group (`--tau-above`).
 
     mixlora demo --seed 1 --no-merge --no-route --out runs/seed1   # and 2; seed 0 is docs/demo
     python benchmarks/merge_seeds.py docs/demo runs/seed1 runs/seed2
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -64,6 +68,43 @@ def one_seed(run: Path, model, tok, identity: dict, n_eval: int, on: str = "test
     }
 
 
+def kendall_tau(x: list[float], y: list[float]) -> float:
+    """Kendall's τ-b of two score lists over the same items (ties count as neither order)."""
+    if len(x) != len(y):
+        raise ValueError("kendall_tau needs two lists of the same length")
+    concordant = discordant = tied_x = tied_y = 0
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            dx, dy = x[i] - x[j], y[i] - y[j]
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                tied_x += 1
+            elif dy == 0:
+                tied_y += 1
+            elif (dx > 0) == (dy > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    n_x = concordant + discordant + tied_x  # pairs ordered by y
+    n_y = concordant + discordant + tied_y  # pairs ordered by x
+    if n_x == 0 or n_y == 0:
+        return float("nan")
+    return (concordant - discordant) / math.sqrt(n_x * n_y)
+
+
+def rank_agreement(seeds: list[dict], methods: list[str]) -> dict:
+    """τ-b between every two seeds' mean retention of `methods`, and their mean."""
+    pairs = {}
+    for a in range(len(seeds)):
+        for b in range(a + 1, len(seeds)):
+            xs = [seeds[a]["mean_retention"][m] for m in methods]
+            ys = [seeds[b]["mean_retention"][m] for m in methods]
+            pairs[f"{seeds[a]['seed']}-{seeds[b]['seed']}"] = round(kendall_tau(xs, ys), 3)
+    mean = statistics.mean(pairs.values()) if pairs else float("nan")
+    return {"methods": len(methods), "pairs": pairs, "mean": round(mean, 3)}
+
+
 def markdown(report: dict) -> str:
     """The summary as the README's table: mean retention per seed, mean (min-max), rank per seed."""
     seeds = [s["seed"] for s in report["seeds"]]
@@ -97,18 +138,25 @@ def main() -> None:
         default="test",
         help="score on the test split, or on the calibration rows the merges were fitted on",
     )
+    ap.add_argument(
+        "--tau-above",
+        type=float,
+        default=0.2,
+        help="rank agreement also over the methods whose mean retention is above this",
+    )
     ap.add_argument("--table", action="store_true", help="print the summary as a markdown table")
     args = ap.parse_args()
     base = ensure_nano_base(progress=False)
     model, tok = load(base)
     identity = base_identity(base)
     t0 = time.perf_counter()
-    seeds = []
+    seeds, reused = [], []
     for run in args.runs:
         name = Path(run).resolve().name + ("" if args.on == "test" else f"-{args.on}")
         kept = Path(args.keep) / (name + ".json") if args.keep else None
         if kept is not None and kept.is_file():
             seeds.append(json.loads(kept.read_text()))
+            reused.append(str(kept))
         else:
             seeds.append(one_seed(Path(run), model, tok, identity, args.eval_examples, args.on))
             if kept is not None:
@@ -127,15 +175,22 @@ def main() -> None:
             "per_seed": [round(v, 4) for v in vals],
             "rank_per_seed": ranks,
         }
+    above = [m for m in methods if summary[m]["mean"] > args.tau_above]
     report = {
         "machine": machine_record(gemm=False),
         "seconds": round(time.perf_counter() - t0, 1),
+        "reused_from_keep": reused,  # seeds read back from --keep, not merged and scored here
         "scored_on": args.on,
         "summary": summary,
+        "rank_agreement": {
+            "all": rank_agreement(seeds, methods),
+            f"mean_above_{args.tau_above}": rank_agreement(seeds, above),
+        },
         "seeds": seeds,
     }
     write_json(Path(args.out), report)
     print(f"wrote {args.out}")
+    print(json.dumps({"rank_agreement": report["rank_agreement"]}))
     if args.table:
         print(markdown(report))
 
