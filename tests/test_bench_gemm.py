@@ -89,14 +89,9 @@ def test_split_products_do_the_same_work():
 
 
 def _train_throughput():
-    import importlib.util
-    from pathlib import Path
+    from helpers_bench import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
-    spec = importlib.util.spec_from_file_location("train_throughput", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("train_throughput")
 
 
 def test_non_gemm_summary_medians_shares_and_the_zero_non_gemm_bound():

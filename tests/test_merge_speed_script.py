@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from helpers_bench import load_benchmark
 from helpers_merge import make_adapter
 
 from mlx_mixlora.adapter_format import save_adapter
 from mlx_mixlora.merge import merge_adapters
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "merge_speed.py"
-
 
 def _script():
-    spec = importlib.util.spec_from_file_location("merge_speed", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("merge_speed")
 
 
 def test_merge_command_passes_every_option_by_name(tmp_path):

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
+from helpers_bench import load_benchmark
 from helpers_train import tiny_bpe_llama
 
 from mlx_mixlora.scoring import adapter_method, score_task
 from mlx_mixlora.tasks import get_task
 from mlx_mixlora.tasks.natural import natural_examples
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "recipe_robustness.py"
-
 
 @pytest.fixture(scope="module")
 def rr():
-    spec = importlib.util.spec_from_file_location("recipe_robustness", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("recipe_robustness")
 
 
 def _run(task, seed, template, heldout, natural):
