@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from mlx_mixlora.bench.env import machine_record
+from mlx_mixlora.bench.report import write_result
 from mlx_mixlora.demo.pipeline import CALIB_EXAMPLES, DemoConfig, merge_methods, retention
 from mlx_mixlora.io import write_json
 from mlx_mixlora.merge.calibration import CALIB_SPLIT, task_calibration
@@ -188,11 +189,8 @@ def main() -> None:
         },
         "seeds": seeds,
     }
-    write_json(Path(args.out), report)
-    print(f"wrote {args.out}")
     print(json.dumps({"rank_agreement": report["rank_agreement"]}))
-    if args.table:
-        print(markdown(report))
+    write_result(report, Path(args.out), markdown(report) if args.table else None)
 
 
 if __name__ == "__main__":

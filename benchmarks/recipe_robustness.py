@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from mlx_mixlora.bench.env import machine_record
+from mlx_mixlora.bench.report import write_result
 from mlx_mixlora.demo.pipeline import resolve_base
 from mlx_mixlora.io import write_json
 from mlx_mixlora.model import base_identity, load
@@ -181,10 +182,7 @@ def main() -> None:
         "summary": summarise(runs),
         "runs": runs,
     }
-    write_json(Path(args.out), report)
-    print(f"wrote {args.out}")
-    if args.table:
-        print(markdown(report))
+    write_result(report, Path(args.out), markdown(report) if args.table else None)
 
 
 if __name__ == "__main__":

@@ -191,6 +191,14 @@ def publish(result: dict, out: str | Path | None) -> None:
         write_json(out, result)
 
 
+def write_result(result: dict, out: str | Path, table: str | None = None) -> None:
+    """A long benchmark's result: written to `out` (atomically), its path printed, then `table`."""
+    write_json(out, result)
+    print(f"wrote {out}")
+    if table is not None:
+        print(table)
+
+
 def write_report(out: str | Path, result: dict, overwrite: bool = False) -> Path:
     """bench.json + bench.md + bench.png in `out`, all or nothing."""
     with atomic_dir(out, overwrite=overwrite) as tmp:
