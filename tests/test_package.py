@@ -160,12 +160,14 @@ def test_heap_tuning_is_on_by_default_and_can_be_switched_off():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc heap tuning is Linux-only")
-def test_a_large_buffer_freed_on_a_worker_thread_is_reused_without_page_faults():
-    """Two streams' threads (merges, training) get their buffers from the tuned heap too."""
+def test_one_arena_reuses_large_buffers_freed_on_worker_threads():
+    """`one_arena` (the merge command's): worker threads' large buffers stay in the heap."""
     code = (
-        "import mlx_mixlora, resource, threading\n"
+        "import os, mlx_mixlora, resource\n"
         "import mlx.core as mx\n"
+        "from mlx_mixlora.cpu.heap import one_arena\n"
         "from mlx_mixlora.cpu.streams import map_on_streams\n"
+        "on = one_arena() if os.environ['ONE_ARENA'] == '1' else False\n"
         "def work(_):\n"
         "    y = mx.random.normal((4096, 4096)) + 1.0  # 64 MB, then freed\n"
         "    mx.eval(y)\n"
@@ -173,13 +175,19 @@ def test_a_large_buffer_freed_on_a_worker_thread_is_reused_without_page_faults()
         "map_on_streams(work, range(2), workers=2)\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
         "map_on_streams(work, range(2), workers=2)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+        "print(on, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
     )
-    tuned = int(_python(code).stdout.strip())
-    untuned = int(_python(code, MIXLORA_NO_MALLOC_TUNING="1").stdout.strip())
+
+    def run(**env) -> tuple[bool, int]:
+        on, faults = _python(code, **env).stdout.split()
+        return on == "True", int(faults)
+
     pages = 2 * 2 * (64 << 20) // 4096  # two threads' two 64 MB buffers, 4 KiB pages
-    assert untuned > pages // 2, untuned  # the premise: without the tuning they fault again
-    assert tuned < pages // 20, tuned
+    on, faults = run(ONE_ARENA="1")
+    assert on and faults < pages // 20, faults
+    on, faults = run(ONE_ARENA="0")  # the default tuning: the threads' own arenas fault again
+    assert not on and faults > pages // 2, faults
+    assert run(ONE_ARENA="1", MIXLORA_NO_MALLOC_TUNING="1")[0] is False
 
 
 AMD_ZEN5 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 fma avx512f avx512dq avx512cd avx512bw avx512vl\n"

@@ -80,14 +80,18 @@ def merge(adapters, method, out, into_base, overwrite, as_json, **options) -> No
     # path, numpy comes with the kernels; no mlx_lm, transformers or torch unless the
     # merge is learned (tests/test_merge_startup.py keeps it so).
     from ..adapter_format import read_adapter
+    from ..cpu.heap import one_arena
     from ..io import check_output
     from ..merge import merge_adapters
 
     check_output(out, overwrite, *adapters, into_base)
+    learns = merge_learned.wants_model(METHODS[method].kind, learned["search"])
+    if not learns:  # two worker threads making a few large buffers: keep them in the heap
+        one_arena()
     loaded = [read_adapter(a) for a in adapters]
     dense_into_base = into_base is not None and METHODS[method].kind == "dense"
     output = "deltas" if dense_into_base and options["rank"] is None else "adapter"
-    if merge_learned.wants_model(METHODS[method].kind, learned["search"]):
+    if learns:
         res = merge_learned.learned_merge(loaded, method, learned, options)
         if res.info.get("learned"):
             _echo_learned(res.info["learned"])

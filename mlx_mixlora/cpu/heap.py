@@ -10,13 +10,15 @@ buffers come from the heap. Raising the mmap threshold and the trim threshold
 for reuse instead of going back to the OS.
 
 That holds for the main arena only. A thread's allocations go to an arena of its
-own, whose heaps are at most 64 MiB, so a large buffer made on a worker thread
-(`cpu.streams`: merges and training run two) is a fresh `mmap` again, unmapped
-when freed. One arena for every thread (`M_ARENA_MAX`) keeps those in the heap
-too: a warm TIES merge of three rank-8 adapters on a 4-layer TinyLlama shape
-faulted 87k pages a call on two streams and 25 with one arena (0.68 against
-0.55 s). Small allocations still come from per-thread caches (tcache) without
-the arena's lock. Set MIXLORA_NO_MALLOC_TUNING=1 to skip all of it.
+own, whose heaps are at most 64 MiB and are given back when free, so a large
+buffer made on a worker thread (`cpu.streams`) is paged in again each time.
+`one_arena` puts every thread on the main heap (`M_ARENA_MAX`) for a process that
+makes few, large buffers on worker threads, as a merge does: a warm TIES merge of
+three rank-8 adapters on a 4-layer TinyLlama shape faulted 87k pages a call on two
+streams and 25 with one arena (0.68 against 0.55 s). It is not the default: where
+two threads make many small buffers, the one arena's lock costs more than the
+faults save (scoring the demo's 400 test prompts on two streams, 2.7 against
+3.3 s). Set MIXLORA_NO_MALLOC_TUNING=1 to skip all of it.
 This module must not import mlx.
 """
 
@@ -29,7 +31,6 @@ import sys
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
-ARENA_MAX = 1  # every thread allocates from the main heap
 MMAP_THRESHOLD = 1 << 30  # allocations up to 1 GiB come from the heap and are reused
 TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes an int: keep up to ~2 GiB of free heap
 
@@ -37,7 +38,7 @@ _state: dict[str, object] = {"tuned": False, "reason": "not attempted"}
 
 
 def tune_malloc() -> bool:
-    """Raise glibc's mmap and trim thresholds, one arena; once per process; True when in effect."""
+    """Raise glibc's mmap and trim thresholds once per process; True when in effect."""
     if _state["tuned"]:
         return True
     if not sys.platform.startswith("linux"):
@@ -54,18 +55,29 @@ def tune_malloc() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     if not (
-        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-        and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-        and mallopt(M_ARENA_MAX, ARENA_MAX)
+        mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     ):
         _state["reason"] = "mallopt refused the thresholds"
         return False
-    _state.update(
-        tuned=True, reason=f"mmap threshold {MMAP_THRESHOLD >> 20} MiB, {ARENA_MAX} arena"
-    )
+    _state.update(tuned=True, reason=f"mmap threshold {MMAP_THRESHOLD >> 20} MiB", mallopt=mallopt)
     return True
+
+
+def one_arena() -> bool:
+    """From now on every new thread allocates from the main heap; True when in effect.
+
+    For the rest of the process (glibc fixes its arena limit when it first needs a
+    second arena): call it before the worker threads start, in a process whose
+    threaded work is a few large buffers (`mixlora merge`), not decoding or serving.
+    """
+    if not _state["tuned"]:
+        return False
+    if _state.get("one_arena") or _state["mallopt"](M_ARENA_MAX, 1):
+        _state.update(one_arena=True)
+        return True
+    return False
 
 
 def malloc_status() -> dict[str, object]:
     """Whether the heap tuning is in effect, for `mixlora doctor` and benchmark records."""
-    return dict(_state)
+    return {k: v for k, v in _state.items() if k != "mallopt"}
