@@ -14,9 +14,9 @@ methods above the bottom group (`--tau-above`).
     python benchmarks/merge_seeds.py docs/demo runs/seed1 runs/seed2
 
 `--on fit` scores on the validation rows the learned merges and the searches were
-fitted on (the calibration set itself) instead of the test split. A merge that has
-seen its test there keeps at most about that much: an optimistic bound on what a
-merge of that form reaches on these adapters.
+fitted on (the calibration set itself) instead of the test split: how well they fit
+their own 16 prompts per task. Not a bound on the test split (a few prompts are easy
+to fit); benchmarks/merge_oracle.py fits the test prompts themselves for that.
 """
 
 from __future__ import annotations
