@@ -34,26 +34,16 @@ from mlx_mixlora.bench.env import machine_record
 from mlx_mixlora.bench.report import write_result
 from mlx_mixlora.io import write_json
 from mlx_mixlora.merge.adamerging import DEFAULT_LR, DEFAULT_STEPS
-from mlx_mixlora.merge.calibration import CalibExample, task_calibration
+from mlx_mixlora.merge.calibration import CalibExample, calibration_rows, task_calibration
 from mlx_mixlora.merge.learned import learn_merge
 from mlx_mixlora.model import base_identity, load
 from mlx_mixlora.nano import ensure_nano_base
 from mlx_mixlora.scoring import adapter_method, evaluate_matrix
-from mlx_mixlora.tasks import Task, load_examples, resolve_task
+from mlx_mixlora.tasks import load_examples, resolve_task
 
 # The demo's `merge:adamerging-distill` (demo.pipeline.MERGES).
 MERGE = {"method": "adamerging", "objective": "distill", "granularity": "module"}
 TARGET = 0.85  # the issue's mean retention
-
-
-def calib_from_examples(tasks: Sequence[Task], evals: dict[str, list[dict]]) -> list[CalibExample]:
-    """Examples (e.g. the test split) as calibration rows, as `task_calibration` builds them."""
-    out = []
-    for t in tasks:
-        labels = tuple(t.label_names) if t.is_label_task else None
-        for ex in evals[t.name]:
-            out.append(CalibExample(t.name, ex["prompt"], labels, ex["completion"]))
-    return out
 
 
 def plan(sizes: Sequence[int], steps_factors: Sequence[int]) -> list[dict]:
@@ -84,7 +74,7 @@ def overlap(calib: Sequence[CalibExample], evals: dict[str, list[dict]]) -> int:
 def row_calibration(row: dict, tasks, evals: dict[str, list[dict]], seed: int):
     """What a row is fitted on: the test examples themselves (oracle) or the validation split."""
     if row["fit_on"] == "test":
-        return calib_from_examples(tasks, evals)
+        return calibration_rows(tasks, evals)  # the test split itself: the oracle
     return task_calibration(tasks, "synthetic", row["n_per_task"], seed=seed)
 
 

@@ -26,7 +26,7 @@ def _evals(split: str, n: int, seed: int = 1) -> dict[str, list[dict]]:
 
 def test_examples_become_calibration_rows_exactly_as_task_calibration_builds_them(mo):
     tasks = [get_task(t) for t in TASKS]
-    got = mo.calib_from_examples(tasks, _evals("validation", 3))
+    got = mo.calibration_rows(tasks, _evals("validation", 3))
     assert got == task_calibration(tasks, "synthetic", 3, seed=1)
     assert got[0].labels == tuple(get_task("classification").label_names) and got[-1].labels is None
 

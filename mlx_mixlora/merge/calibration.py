@@ -34,11 +34,21 @@ def task_calibration(
     """`n_per_task` validation examples of each task (`data`: synthetic, hub or a directory)."""
     if n_per_task < 1:
         raise MixloraError(f"calibration examples per task must be >= 1, got {n_per_task}")
+    examples = {
+        t.name: load_examples(t, data, CALIB_SPLIT, n=n_per_task, seed=seed, prompts=prompts)
+        for t in tasks
+    }
+    return calibration_rows(tasks, examples)
+
+
+def calibration_rows(tasks: Sequence[Task], examples: dict[str, list[dict]]) -> list[CalibExample]:
+    """Each task's examples ({task name: [{"prompt", "completion"}, ...]}) as calibration rows."""
     out = []
     for t in tasks:
-        for ex in load_examples(t, data, CALIB_SPLIT, n=n_per_task, seed=seed, prompts=prompts):
-            labels = tuple(t.label_names) if t.is_label_task else None
-            out.append(CalibExample(t.name, ex["prompt"], labels, ex["completion"]))
+        labels = tuple(t.label_names) if t.is_label_task else None
+        out += [
+            CalibExample(t.name, ex["prompt"], labels, ex["completion"]) for ex in examples[t.name]
+        ]
     return out
 
 
