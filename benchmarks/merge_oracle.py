@@ -31,8 +31,7 @@ from pathlib import Path
 
 from mlx_mixlora.adapter_format import read_adapter
 from mlx_mixlora.bench.env import machine_record
-from mlx_mixlora.bench.report import write_result
-from mlx_mixlora.io import write_json
+from mlx_mixlora.bench.report import kept_or_run, write_result
 from mlx_mixlora.merge.adamerging import DEFAULT_LR, DEFAULT_STEPS
 from mlx_mixlora.merge.calibration import CalibExample, calibration_rows, task_calibration
 from mlx_mixlora.merge.learned import learn_merge
@@ -163,14 +162,7 @@ def main() -> None:
     reused: list[str] = []
 
     def kept(name: str, compute) -> dict:
-        path = keep / f"{tag}-{name}.json" if keep else None
-        if path is not None and path.is_file():
-            reused.append(str(path))
-            return json.loads(path.read_text())
-        value = compute()
-        if path is not None:
-            write_json(path, value)
-        return value
+        return kept_or_run(keep / f"{tag}-{name}.json" if keep else None, compute, reused)
 
     def own_scores() -> dict:
         own = [adapter_method(f"adapter:{n}", p, base=identity) for n, p in adapters.items()]

@@ -30,9 +30,8 @@ import time
 from pathlib import Path
 
 from mlx_mixlora.bench.env import machine_record
-from mlx_mixlora.bench.report import write_result
+from mlx_mixlora.bench.report import kept_or_run, write_result
 from mlx_mixlora.demo.pipeline import CALIB_EXAMPLES, DemoConfig, merge_methods, retention
-from mlx_mixlora.io import write_json
 from mlx_mixlora.merge.calibration import CALIB_SPLIT, task_calibration
 from mlx_mixlora.model import base_identity, load
 from mlx_mixlora.nano import ensure_nano_base
@@ -155,13 +154,15 @@ def main() -> None:
     for run in args.runs:
         name = Path(run).resolve().name + ("" if args.on == "test" else f"-{args.on}")
         kept = Path(args.keep) / (name + ".json") if args.keep else None
-        if kept is not None and kept.is_file():
-            seeds.append(json.loads(kept.read_text()))
-            reused.append(str(kept))
-        else:
-            seeds.append(one_seed(Path(run), model, tok, identity, args.eval_examples, args.on))
-            if kept is not None:
-                write_json(kept, seeds[-1])
+        seeds.append(
+            kept_or_run(
+                kept,
+                lambda run=run: one_seed(
+                    Path(run), model, tok, identity, args.eval_examples, args.on
+                ),
+                reused,
+            )
+        )
         print(json.dumps({"seed": seeds[-1]["seed"], **seeds[-1]["mean_retention"]}), flush=True)
     methods = list(seeds[0]["mean_retention"])
     summary = {}

@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 
 from mlx_mixlora.bench.env import machine_record
-from mlx_mixlora.bench.report import write_result
+from mlx_mixlora.bench.report import kept_or_run, write_result
 from mlx_mixlora.demo.pipeline import resolve_base
-from mlx_mixlora.io import write_json
 from mlx_mixlora.model import base_identity, load
 from mlx_mixlora.scoring import adapter_method, score_task
 from mlx_mixlora.tasks import load_examples, resolve_task
@@ -154,7 +153,7 @@ def main() -> None:
     over |= {"examples": args.examples} if args.examples else {}
     over |= {"batch_size": args.batch_size} if args.batch_size else {}
     t0 = time.perf_counter()
-    runs = []
+    runs, reused = [], []
     for task in tasks:
         for seed in args.seeds:
             tag = [identity["fingerprint"], task.name, phrasings_fingerprint(task), f"seed{seed}"]
@@ -162,14 +161,13 @@ def main() -> None:
             tag += [f"examples{args.examples}"] if args.examples else []
             tag += [f"batch{args.batch_size}"] if args.batch_size else []
             kept = Path(args.keep) / ("-".join(tag) + ".json") if args.keep else None
-            if kept is not None and kept.is_file():
-                runs.append(json.loads(kept.read_text()))
-            else:
+
+            def train_and_score(task=task, seed=seed) -> dict:
                 with tempfile.TemporaryDirectory() as tmp:
                     where = Path(tmp) / task.name
-                    runs.append(run_one(model, tok, identity, task, seed, args.eval_examples, where, **over))  # fmt: skip
-                if kept is not None:
-                    write_json(kept, runs[-1])
+                    return run_one(model, tok, identity, task, seed, args.eval_examples, where, **over)  # fmt: skip
+
+            runs.append(kept_or_run(kept, train_and_score, reused))
             print(json.dumps({k: runs[-1][k] for k in ("task", "seed", *SETS)}), flush=True)
     report = {
         "machine": machine_record(gemm=False),
@@ -178,6 +176,7 @@ def main() -> None:
         "examples_override": args.examples,
         "batch_size_override": args.batch_size,
         "seconds": round(time.perf_counter() - t0, 1),
+        "reused_from_keep": reused,  # runs read back from --keep, not trained and scored here
         "target_natural_over_template": TARGET,
         "summary": summarise(runs),
         "runs": runs,

@@ -131,3 +131,19 @@ def test_rouge_and_label_tables_show_each_task_kind_with_its_own_metrics():
     )
     assert lines[1] == "|---|---|---|---|---|---|---|"
     assert lines[3] == "| adapter:sum | cls | 0.000 | – | 0.750 | – | 0.500 |"
+
+
+def test_kept_or_run_computes_once_and_says_what_it_read_back(tmp_path):
+    from mlx_mixlora.bench.report import kept_or_run
+
+    calls, reused = [], []
+
+    def compute():
+        calls.append(1)
+        return {"score": 0.5, "n": len(calls)}
+
+    path = tmp_path / "row.json"
+    assert kept_or_run(path, compute, reused) == {"score": 0.5, "n": 1} and reused == []
+    assert kept_or_run(path, compute, reused) == {"score": 0.5, "n": 1}  # read back, not rerun
+    assert calls == [1] and reused == [str(path)]
+    assert kept_or_run(None, compute, reused) == {"score": 0.5, "n": 2}  # no --keep: always run

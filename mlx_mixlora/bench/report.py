@@ -9,6 +9,7 @@ written into one directory atomically.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from ..io import atomic_dir, write_json
@@ -189,6 +190,21 @@ def publish(result: dict, out: str | Path | None) -> None:
     print(json.dumps(result, indent=2))
     if out:
         write_json(out, result)
+
+
+def kept_or_run(path: Path | None, compute: Callable[[], dict], reused: list[str]) -> dict:
+    """`compute()`, or the result an earlier run kept at `path` (resumable long benchmarks).
+
+    A result read back is listed in `reused`, so the report says what it did not redo;
+    a computed one is written to `path` when given.
+    """
+    if path is not None and path.is_file():
+        reused.append(str(path))
+        return json.loads(path.read_text())
+    value = compute()
+    if path is not None:
+        write_json(path, value)
+    return value
 
 
 def write_result(result: dict, out: str | Path, table: str | None = None) -> None:
