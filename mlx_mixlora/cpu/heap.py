@@ -37,6 +37,16 @@ TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes an int: keep up to ~2 GiB of fre
 _state: dict[str, object] = {"tuned": False, "reason": "not attempted"}
 
 
+def _mallopt():
+    """glibc's `mallopt(param, value)`, or None where there is none."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return mallopt
+
+
 def tune_malloc() -> bool:
     """Raise glibc's mmap and trim thresholds once per process; True when in effect."""
     if _state["tuned"]:
@@ -47,19 +57,16 @@ def tune_malloc() -> bool:
     if os.environ.get("MIXLORA_NO_MALLOC_TUNING") == "1":
         _state["reason"] = "disabled by MIXLORA_NO_MALLOC_TUNING=1"
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _mallopt()
+    if mallopt is None:
         _state["reason"] = "no glibc mallopt"
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     if not (
         mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     ):
         _state["reason"] = "mallopt refused the thresholds"
         return False
-    _state.update(tuned=True, reason=f"mmap threshold {MMAP_THRESHOLD >> 20} MiB", mallopt=mallopt)
+    _state.update(tuned=True, reason=f"mmap threshold {MMAP_THRESHOLD >> 20} MiB")
     return True
 
 
@@ -69,15 +76,13 @@ def one_arena() -> bool:
     For the rest of the process (glibc fixes its arena limit when it first needs a
     second arena): call it before the worker threads start, in a process whose
     threaded work is a few large buffers (`mixlora merge`), not decoding or serving.
+    Only where the heap tuning is in effect (it is what keeps freed buffers there).
     """
-    if not _state["tuned"]:
-        return False
-    if _state.get("one_arena") or _state["mallopt"](M_ARENA_MAX, 1):
-        _state.update(one_arena=True)
-        return True
-    return False
+    if _state["tuned"] and not _state.get("one_arena"):
+        _state["one_arena"] = bool(_mallopt()(M_ARENA_MAX, 1))
+    return bool(_state.get("one_arena"))
 
 
 def malloc_status() -> dict[str, object]:
     """Whether the heap tuning is in effect, for `mixlora doctor` and benchmark records."""
-    return {k: v for k, v in _state.items() if k != "mallopt"}
+    return dict(_state)
